@@ -1,0 +1,134 @@
+//! The state every connection and request of one instance shares, and the
+//! operations that WebSocket and HTTP have in common.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use event_listener::Event;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::flag::Flag;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::protocol::Limits;
+use crate::rooms::{ConnId, Rooms};
+use crate::store::{Draft, Page, Slice, Store, Stored};
+
+pub struct App {
+    pub config: Config,
+    pub limits: Limits,
+    pub store: Arc<Store>,
+    pub rooms: Rooms,
+    pub metrics: Metrics,
+    /// Set on SIGTERM or SIGINT: stop accepting, close connections with 1001.
+    pub shutdown: Flag,
+    pub connections: Connections,
+}
+
+impl App {
+    pub fn new(config: Config, store: Store) -> App {
+        let metrics = Metrics::default();
+        let store = Arc::new(store);
+        let rooms = Rooms::new(
+            store.clone(),
+            config.outbox,
+            config.replay_cap,
+            metrics.clone(),
+        );
+        App {
+            limits: Limits {
+                max_text_bytes: config.max_text,
+                max_page: config.max_page,
+                default_page: 50.min(config.max_page),
+            },
+            config,
+            store,
+            rooms,
+            metrics,
+            shutdown: Flag::default(),
+            connections: Connections::default(),
+        }
+    }
+
+    /// Stores a message: the one path of `send` and `POST /rooms/{room}/messages`.
+    pub async fn publish(&self, draft: Draft) -> Result<Stored, Error> {
+        let started = Instant::now();
+        match self.store.publish(draft).await {
+            Ok(stored) => {
+                self.metrics.accepted(started.elapsed());
+                Ok(stored)
+            }
+            Err(e) => {
+                log::warn!("publish failed: {e}");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reads history for `history` frames and HTTP reads.
+    pub async fn read(&self, room: &crate::fields::Room, slice: Slice) -> Result<Page, Error> {
+        self.store.read(room, slice).await.map_err(|e| {
+            log::warn!("reading room {room} failed: {e}");
+            Error::from(e)
+        })
+    }
+}
+
+/// The open WebSocket connections, so that shutdown can close each one and
+/// wait for them to finish.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<HashMap<ConnId, Outbox>>,
+    next_id: AtomicU64,
+    /// Notified whenever a connection goes away.
+    gone: Event,
+}
+
+impl Connections {
+    pub fn add(&self, outbox: Outbox) -> ConnId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().insert(id, outbox);
+        id
+    }
+
+    pub fn remove(&self, id: ConnId) {
+        self.lock().remove(&id);
+        self.gone.notify(usize::MAX);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every connection with `code` after what is already queued for it.
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for outbox in self.lock().values() {
+            outbox.close(code, reason);
+        }
+    }
+
+    /// Resolves when no connection is left.
+    pub async fn drained(&self) {
+        loop {
+            if self.is_empty() {
+                return;
+            }
+            let listener = self.gone.listen();
+            if self.is_empty() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Outbox>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,295 @@
+//! The command line: flags, their environment variables, defaults and checks.
+//!
+//! argh parses the flags; every flag may also come from an environment
+//! variable (a flag given on the command line wins), which argh does not do by
+//! itself, so each one is an `Option` here and `Config::from_flags` fills in
+//! the environment and the defaults, refusing bad values with one clear line.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use argh::FromArgs;
+
+/// parlor: a chat server over WebSocket and HTTP. Each flag can also be set by
+/// the environment variable named in its description; the flag wins.
+#[derive(FromArgs, Debug, Default)]
+pub struct Flags {
+    /// HTTP and WebSocket port; 0 picks a free one [PORT, default 8080]
+    #[argh(option)]
+    pub port: Option<u16>,
+
+    /// address to listen on [BIND, default 0.0.0.0]
+    #[argh(option)]
+    pub bind: Option<IpAddr>,
+
+    /// messages kept per room [HISTORY, default 10000]
+    #[argh(option)]
+    pub history: Option<usize>,
+
+    /// this instance's name in `welcome` frames and logs [PARLOR_INSTANCE,
+    /// default: six random hex digits]
+    #[argh(option)]
+    pub instance: Option<String>,
+
+    /// largest message text in bytes [PARLOR_MAX_TEXT, default 4096]
+    #[argh(option)]
+    pub max_text: Option<usize>,
+
+    /// largest WebSocket message in bytes; larger ones close the connection
+    /// with 1009 [PARLOR_MAX_FRAME, default 65536]
+    #[argh(option)]
+    pub max_frame: Option<usize>,
+
+    /// largest HTTP request body in bytes [PARLOR_MAX_BODY, default 65536]
+    #[argh(option)]
+    pub max_body: Option<usize>,
+
+    /// rooms one connection may join [PARLOR_MAX_ROOMS, default 100]
+    #[argh(option)]
+    pub max_rooms: Option<usize>,
+
+    /// largest `limit` of a history read and `history` of a join
+    /// [PARLOR_MAX_PAGE, default 1000]
+    #[argh(option)]
+    pub max_page: Option<usize>,
+
+    /// most messages a join with `since` replays; where more were missed, the
+    /// newest, with `truncated` [PARLOR_REPLAY_CAP, default 1000]
+    #[argh(option)]
+    pub replay_cap: Option<usize>,
+
+    /// messages per second one WebSocket connection may send
+    /// [PARLOR_RATE, default 100]
+    #[argh(option)]
+    pub rate: Option<u32>,
+
+    /// messages one WebSocket connection may send in a burst
+    /// [PARLOR_BURST, default 200]
+    #[argh(option)]
+    pub burst: Option<u32>,
+
+    /// frames queued for one connection before it is closed as a slow reader
+    /// with 1013 [PARLOR_OUTBOX, default 4096]
+    #[argh(option)]
+    pub outbox: Option<usize>,
+
+    /// seconds to let connections drain on SIGTERM or SIGINT before exiting
+    /// [PARLOR_DRAIN_SECONDS, default 10]
+    #[argh(option)]
+    pub drain_seconds: Option<u64>,
+
+    /// log level: error, warn, info, debug or trace [PARLOR_LOG or RUST_LOG,
+    /// default info]
+    #[argh(option)]
+    pub log_level: Option<String>,
+
+    /// log format: text (readable), json (one object a line) or auto (text on
+    /// a terminal, json otherwise) [PARLOR_LOG_FORMAT, default auto]
+    #[argh(option)]
+    pub log_format: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+    Auto,
+}
+
+/// The resolved configuration of one instance.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub port: u16,
+    pub bind: IpAddr,
+    pub history: usize,
+    pub instance: String,
+    pub max_text: usize,
+    pub max_frame: usize,
+    pub max_body: usize,
+    pub max_rooms: usize,
+    pub max_page: usize,
+    pub replay_cap: usize,
+    pub rate: u32,
+    pub burst: u32,
+    pub outbox: usize,
+    pub drain_seconds: u64,
+    pub log_level: log::LevelFilter,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Fills in environment variables and defaults, and checks every value.
+    /// The error is one line that names the flag and says what it takes.
+    pub fn from_flags(
+        flags: Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, String> {
+        let config = Config {
+            port: pick(flags.port, &env, "PORT", 8080)?,
+            bind: pick(flags.bind, &env, "BIND", IpAddr::from([0, 0, 0, 0]))?,
+            history: pick(flags.history, &env, "HISTORY", 10_000)?,
+            instance: pick(
+                flags.instance,
+                &env,
+                "PARLOR_INSTANCE",
+                format!("{:06x}", fastrand::u32(..0x100_0000)),
+            )?,
+            max_text: pick(flags.max_text, &env, "PARLOR_MAX_TEXT", 4096)?,
+            max_frame: pick(flags.max_frame, &env, "PARLOR_MAX_FRAME", 64 * 1024)?,
+            max_body: pick(flags.max_body, &env, "PARLOR_MAX_BODY", 64 * 1024)?,
+            max_rooms: pick(flags.max_rooms, &env, "PARLOR_MAX_ROOMS", 100)?,
+            max_page: pick(flags.max_page, &env, "PARLOR_MAX_PAGE", 1000)?,
+            replay_cap: pick(flags.replay_cap, &env, "PARLOR_REPLAY_CAP", 1000)?,
+            rate: pick(flags.rate, &env, "PARLOR_RATE", 100)?,
+            burst: pick(flags.burst, &env, "PARLOR_BURST", 200)?,
+            outbox: pick(flags.outbox, &env, "PARLOR_OUTBOX", 4096)?,
+            drain_seconds: pick(flags.drain_seconds, &env, "PARLOR_DRAIN_SECONDS", 10)?,
+            log_level: match flags
+                .log_level
+                .or_else(|| env("PARLOR_LOG"))
+                .or_else(|| env("RUST_LOG"))
+            {
+                None => log::LevelFilter::Info,
+                Some(level) => level.parse().map_err(|_| {
+                    format!(
+                        "--log-level: `{level}` is not one of error, warn, info, debug, trace, off"
+                    )
+                })?,
+            },
+            log_format: match flags
+                .log_format
+                .or_else(|| env("PARLOR_LOG_FORMAT"))
+                .as_deref()
+            {
+                None | Some("auto") => LogFormat::Auto,
+                Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(format!(
+                        "--log-format: `{other}` is not one of text, json, auto"
+                    ))
+                }
+            },
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("--history", self.history),
+            ("--max-text", self.max_text),
+            ("--max-frame", self.max_frame),
+            ("--max-body", self.max_body),
+            ("--max-rooms", self.max_rooms),
+            ("--max-page", self.max_page),
+            ("--replay-cap", self.replay_cap),
+            ("--rate", self.rate as usize),
+            ("--burst", self.burst as usize),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if self.outbox < 16 {
+            return Err("--outbox must be at least 16 frames".into());
+        }
+        if self.max_frame < self.max_text + 1024 {
+            return Err(format!(
+                "--max-frame ({}) must leave room for --max-text ({}) and the JSON around it: at least {}",
+                self.max_frame,
+                self.max_text,
+                self.max_text + 1024
+            ));
+        }
+        if self.instance.is_empty()
+            || self.instance.len() > 64
+            || self.instance.chars().any(char::is_control)
+        {
+            return Err("--instance must be 1 to 64 characters without control characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// The flag if given, else the environment variable if set, else the default.
+fn pick<T: FromStr>(
+    flag: Option<T>,
+    env: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    default: T,
+) -> Result<T, String> {
+    if let Some(value) = flag {
+        return Ok(value);
+    }
+    match env(var) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| format!("{var}={raw:?} is not a valid value; see --help")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
+        let flags = Flags::from_args(&["parlor"], args).map_err(|e| e.output)?;
+        Config::from_flags(flags, |name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_follow_the_protocol() {
+        let c = config(&[], &[]).unwrap();
+        assert_eq!(
+            (c.port, c.bind.to_string(), c.history),
+            (8080, "0.0.0.0".into(), 10_000)
+        );
+        assert_eq!((c.max_text, c.max_frame, c.max_rooms), (4096, 65536, 100));
+        assert_eq!(
+            (c.rate, c.burst, c.max_page, c.replay_cap),
+            (100, 200, 1000, 1000)
+        );
+        assert_eq!(c.instance.len(), 6);
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let c = config(&["--port", "8082"], &[("PORT", "9000"), ("HISTORY", "5")]).unwrap();
+        assert_eq!((c.port, c.history), (8082, 5));
+    }
+
+    #[test]
+    fn bad_values_are_one_clear_line() {
+        assert_eq!(
+            config(&[], &[("PORT", "eighty")]).unwrap_err(),
+            "PORT=\"eighty\" is not a valid value; see --help"
+        );
+        assert!(config(&["--history", "0"], &[])
+            .unwrap_err()
+            .contains("--history"));
+        assert!(config(&["--log-format", "xml"], &[])
+            .unwrap_err()
+            .contains("--log-format"));
+        assert!(config(&["--port", "70000"], &[]).is_err());
+        assert!(config(&["--max-text", "65536"], &[])
+            .unwrap_err()
+            .contains("--max-frame"));
+    }
+
+    #[test]
+    fn rust_log_sets_the_level() {
+        assert_eq!(
+            config(&[], &[("RUST_LOG", "debug")]).unwrap().log_level,
+            log::LevelFilter::Debug
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! One WebSocket session: the reader loop that turns client frames into
+//! actions, with the outbox and writer task that carry everything back.
+//!
+//! The reader handles one request at a time, so a client's answers come in the
+//! order of its requests. It is the only task that changes the connection's
+//! set of joined rooms; rooms hold its outbox to deliver live messages.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_std::net::TcpStream;
+use async_tungstenite::tungstenite::error::CapacityError;
+use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use async_tungstenite::WebSocketStream;
+use futures_lite::{FutureExt, StreamExt};
+
+use crate::app::App;
+use crate::bucket::TokenBucket;
+use crate::error::{Error, ErrorCode};
+use crate::fields::{Ref, Room, User};
+use crate::outbox::{Closed, Outbox, GOING_AWAY, POLICY, TOO_BIG};
+use crate::protocol::{self, Decoded, Rejected, Replay, Request};
+use crate::rooms::{ConnId, JoinError};
+use crate::store::{Draft, Slice};
+
+/// How long a closing connection waits for its writer to finish.
+const WRITER_GRACE: Duration = Duration::from_secs(10);
+/// Bad requests a connection may make in a burst, and per second after it,
+/// before it is closed with 1008. Generous: a client with a bug should see
+/// its errors, not lose its connection.
+const ABUSE_BURST: u32 = 100;
+const ABUSE_RATE: u32 = 10;
+
+/// What the upgrade request's query asked for.
+pub struct Params {
+    pub user: User,
+    /// The room of `?room=`: joined at once, and the target of plain-text frames.
+    pub room: Option<Room>,
+    pub replay: Replay,
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params) {
+    let (outbox, writer) = Outbox::new(app.config.outbox);
+    let id = app.connections.add(outbox.clone());
+    app.metrics.connection_opened();
+    let (sender, mut receiver) = ws.split();
+    let writer = async_std::task::spawn(writer.run(sender));
+    let mut session = Session {
+        app: app.clone(),
+        id,
+        outbox: outbox.clone(),
+        user: params.user,
+        default_room: params.room.clone(),
+        joined: HashSet::new(),
+        sends: TokenBucket::new(app.config.rate, app.config.burst),
+        abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
+    };
+    log::debug!("connection {id} opened for {}", session.user);
+
+    let welcome = protocol::welcome(&session.user, &app.config.instance, &format!("c{id:x}"));
+    let mut open = outbox.push(welcome).await.is_ok();
+    if let (true, Some(room)) = (open, params.room) {
+        open = session.join(None, room, params.replay).await.is_ok();
+    }
+    while open {
+        let next = async { Some(receiver.next().await) }
+            .or(async {
+                app.shutdown.wait().await;
+                None
+            })
+            .or(async {
+                outbox.closed().await;
+                None
+            })
+            .await;
+        open = match next {
+            None | Some(None) => false,
+            Some(Some(Ok(WsMessage::Text(text)))) => session.handle(text.as_str()).await.is_ok(),
+            Some(Some(Ok(WsMessage::Binary(_)))) => session
+                .refuse(
+                    None,
+                    Error::bad_request("binary frames are not supported; send JSON text frames"),
+                )
+                .await
+                .is_ok(),
+            Some(Some(Ok(WsMessage::Close(_)))) => false,
+            Some(Some(Ok(_))) => true,
+            Some(Some(Err(WsError::Capacity(CapacityError::MessageTooLong {
+                size,
+                max_size,
+            })))) => {
+                log::info!("connection {id}: message of {size} bytes over the {max_size} limit; closing with 1009");
+                outbox.close_now(TOO_BIG, "message too large");
+                false
+            }
+            Some(Some(Err(e))) => {
+                log::debug!("connection {id}: {e}");
+                false
+            }
+        };
+    }
+
+    for room in session.joined.drain() {
+        app.rooms.leave(id, &room);
+    }
+    outbox.close(GOING_AWAY, "server shutting down");
+    let _ = async_std::future::timeout(WRITER_GRACE, writer).await;
+    app.connections.remove(id);
+    app.metrics.connection_closed();
+    log::debug!("connection {id} closed");
+}
+
+struct Session {
+    app: Arc<App>,
+    id: ConnId,
+    outbox: Outbox,
+    user: User,
+    default_room: Option<Room>,
+    joined: HashSet<Room>,
+    sends: TokenBucket,
+    abuse: TokenBucket,
+}
+
+impl Session {
+    /// Handles one text frame. `Err` means the connection is closing.
+    async fn handle(&mut self, text: &str) -> Result<(), Closed> {
+        let decoded = protocol::decode(text, self.default_room.as_ref(), &self.app.limits);
+        let Decoded { request, reference } = match decoded {
+            Ok(decoded) => decoded,
+            Err(Rejected { reference, error }) => {
+                return self.refuse(reference.as_ref(), error).await
+            }
+        };
+        let reference = reference.as_ref();
+        match request {
+            Request::Join { room, replay } => self.join(reference, room, replay).await,
+            Request::Leave { room } => {
+                if self.joined.remove(&room) {
+                    self.app.rooms.leave(self.id, &room);
+                    self.outbox.push(protocol::left(&room)).await
+                } else {
+                    self.refuse(reference, not_joined(&room)).await
+                }
+            }
+            Request::Send { room, text } => {
+                if !self.sends.take() {
+                    let error = Error::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} messages per second (bursts of {}); slow down",
+                            self.app.config.rate, self.app.config.burst
+                        ),
+                    );
+                    return self.refuse(reference, error).await;
+                }
+                let draft = Draft {
+                    room: room.clone(),
+                    user: self.user.clone(),
+                    text,
+                    reference: reference.cloned(),
+                };
+                match self.app.publish(draft).await {
+                    Ok(stored) => {
+                        self.outbox
+                            .push(protocol::ack(reference, &room, stored.id))
+                            .await
+                    }
+                    Err(error) => self.refuse(reference, error).await,
+                }
+            }
+            Request::History {
+                room,
+                before,
+                limit,
+            } => {
+                let slice = match before {
+                    Some(before) => Slice::newest_before(before, limit),
+                    None => Slice::newest_after(0, limit),
+                };
+                match self.app.read(&room, slice).await {
+                    Ok(page) => {
+                        let more = page.messages.first().is_some_and(|m| m.id > page.first);
+                        self.outbox
+                            .push(protocol::history(reference, &room, &page.messages, more))
+                            .await
+                    }
+                    Err(error) => self.refuse(reference, error).await,
+                }
+            }
+            Request::Typing { .. } | Request::Presence { .. } => {
+                let error =
+                    Error::bad_request("typing and presence are not available on this server yet");
+                self.refuse(reference, error).await
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        reference: Option<&Ref>,
+        room: Room,
+        replay: Replay,
+    ) -> Result<(), Closed> {
+        if !self.joined.contains(&room) && self.joined.len() >= self.app.config.max_rooms {
+            let error = Error::bad_request(format!(
+                "this connection has joined {} rooms, the limit; leave one first",
+                self.joined.len()
+            ));
+            return self.refuse(reference, error).await;
+        }
+        match self
+            .app
+            .rooms
+            .join(self.id, &self.outbox, &room, replay)
+            .await
+        {
+            Ok(()) => {
+                self.joined.insert(room);
+                Ok(())
+            }
+            Err(JoinError::Closed) => Err(Closed),
+            Err(JoinError::Refused(error)) => {
+                self.joined.remove(&room);
+                self.refuse(reference, error).await
+            }
+        }
+    }
+
+    /// Answers a request with an error. A connection that keeps sending bad
+    /// requests is closed with 1008; being throttled or finding the store
+    /// down is not the client's fault and does not count.
+    async fn refuse(&mut self, reference: Option<&Ref>, error: Error) -> Result<(), Closed> {
+        self.app.metrics.refused(error.code);
+        self.outbox.push(protocol::error(reference, &error)).await?;
+        let blameless = matches!(error.code, ErrorCode::RateLimited | ErrorCode::Unavailable);
+        if !blameless && !self.abuse.take() {
+            log::info!(
+                "connection {}: too many bad requests; closing with 1008",
+                self.id
+            );
+            self.outbox.close(POLICY, "too many bad requests");
+            return Err(Closed);
+        }
+        Ok(())
+    }
+}
+
+fn not_joined(room: &Room) -> Error {
+    Error::new(ErrorCode::NotJoined, format!("not joined to room {room}"))
+}

@@ -1,0 +1,22 @@
+//! parlor: a chat server that many instances can run side by side.
+//!
+//! Clients speak WebSocket and HTTP (PROTOCOL.md) to any instance; a message
+//! is stored under the next id of its room and fanned out to the room's
+//! members. ARCHITECTURE.md has the map of the modules below.
+
+pub mod app;
+pub mod bucket;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod fields;
+pub mod flag;
+pub mod logging;
+pub mod memory_store;
+pub mod metrics;
+pub mod outbox;
+pub mod protocol;
+pub mod rooms;
+pub mod routes;
+pub mod server;
+pub mod store;

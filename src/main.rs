@@ -1,0 +1,68 @@
+//! The `parlor` binary: reads the command line, starts logging, the store, the
+//! feed and the listener, and turns SIGTERM and SIGINT into a drain and exit 0.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use async_signal::{Signal, Signals};
+use futures_lite::StreamExt;
+
+use parlor::app::App;
+use parlor::config::{Config, Flags};
+use parlor::memory_store::MemoryStore;
+use parlor::store::Store;
+use parlor::{logging, server};
+
+fn main() -> ExitCode {
+    let flags: Flags = argh::from_env();
+    let config = match Config::from_flags(flags, |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("parlor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::start(config.log_level, config.log_format);
+    match async_std::task::block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("parlor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    // Signals are caught before anything listens, so none is missed.
+    let mut signals = Signals::new([Signal::Term, Signal::Int])
+        .map_err(|e| format!("cannot catch SIGTERM and SIGINT: {e}"))?;
+    let address = SocketAddr::new(config.bind, config.port);
+    let listener = async_std::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}; is another process using the port? (--port, PORT)"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let (store, feed) = MemoryStore::new(config.history);
+    let store = Store::Memory(store);
+    log::info!("{}", store.describe());
+    let app = Arc::new(App::new(config, store));
+    async_std::task::spawn(app.rooms.clone().run_feed(feed));
+
+    let shutdown = app.shutdown.clone();
+    async_std::task::spawn(async move {
+        if let Some(Ok(signal)) = signals.next().await {
+            log::info!("received {signal:?}: draining");
+            shutdown.set();
+        }
+    });
+
+    log::info!(
+        "parlor instance {} listening on http://{local} (WebSocket at ws://{local}/ws)",
+        app.config.instance
+    );
+    server::run(app, listener).await;
+    log::info!("stopped");
+    Ok(())
+}

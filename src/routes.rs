@@ -1,0 +1,499 @@
+//! The HTTP routes: health, readiness, metrics, the chat page, the message
+//! API, and the WebSocket upgrade at `/ws`.
+//!
+//! Every answer that is not a success carries the error body of PROTOCOL.md,
+//! `{"error":{"code":"...","message":"..."}}`, with the status that fits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::WebSocketStream;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use smol_hyper::rt::FuturesIo;
+
+use crate::app::App;
+use crate::connection::{self, Params};
+use crate::error::{Error, ErrorCode};
+use crate::fields::{Ref, Room, Text, User};
+use crate::metrics;
+use crate::protocol::{self, Replay};
+use crate::store::{Draft, Epoch, Slice};
+
+pub type Body = Full<Bytes>;
+
+/// Read buffer of an upgraded WebSocket. tungstenite's default is 128 KiB and
+/// is touched at once; a few KiB is plenty for chat frames and keeps an idle
+/// connection small. Larger frames still arrive, in several reads.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    match route(&app, req).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.code != ErrorCode::NotFound {
+                app.metrics.refused(error.code);
+            }
+            error_response(&error)
+        }
+    }
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+    match segments.as_slice() {
+        [""] => {
+            allow(&req, &[Method::GET])?;
+            Ok(page())
+        }
+        ["healthz"] => {
+            allow(&req, &[Method::GET])?;
+            Ok(text(StatusCode::OK, "ok\n"))
+        }
+        ["readyz"] => {
+            allow(&req, &[Method::GET])?;
+            Ok(if app.shutdown.is_set() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if app.store.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the message store or its live feed is not connected\n",
+                )
+            })
+        }
+        ["metrics"] => {
+            allow(&req, &[Method::GET])?;
+            let mut response = Response::new(Body::from(app.metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            Ok(response)
+        }
+        ["ws"] => {
+            allow(&req, &[Method::GET])?;
+            upgrade(app, req)
+        }
+        ["rooms", room, "messages"] => {
+            let room = Room::parse(room)?;
+            if req.method() == Method::POST {
+                post_message(app, room, req).await
+            } else {
+                allow(&req, &[Method::GET, Method::POST])?;
+                read_messages(app, room, &Query::parse(req.uri().query())?).await
+            }
+        }
+        ["rooms", room, "presence"] => {
+            allow(&req, &[Method::GET])?;
+            Room::parse(room)?;
+            Err(Error::bad_request(
+                "presence is not available on this server yet",
+            ))
+        }
+        _ => Err(Error::new(
+            ErrorCode::NotFound,
+            format!("no route for {path}"),
+        )),
+    }
+}
+
+/// Refuses a method that the route does not take, naming the ones it does.
+fn allow(req: &Request<Incoming>, methods: &[Method]) -> Result<(), Error> {
+    if methods.contains(req.method()) {
+        return Ok(());
+    }
+    let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    Err(Error::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} takes {}", req.uri().path(), names.join(", ")),
+    ))
+}
+
+fn error_response(error: &Error) -> Response<Body> {
+    let mut response = json(
+        StatusCode::from_u16(error.code.http_status()).expect("valid status"),
+        error.http_body(),
+    );
+    if error.code == ErrorCode::MethodNotAllowed {
+        // "… takes GET, POST": the Allow header says the same for machines.
+        if let Some((_, methods)) = error.message.split_once(" takes ") {
+            if let Ok(value) = HeaderValue::from_str(methods) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+        }
+    }
+    response
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn page() -> Response<Body> {
+    let mut response = Response::new(Body::from(include_str!("page.html")));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'self' 'unsafe-inline'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Answers a WebSocket handshake and hands the socket to a connection task.
+/// Bad query parameters are refused here, before the upgrade.
+fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key)
+            if has_token(header::UPGRADE, "websocket")
+                && has_token(header::CONNECTION, "upgrade") =>
+        {
+            key
+        }
+        _ => {
+            let mut response = error_response(&Error::bad_request(
+                "/ws speaks WebSocket: connect with a WebSocket client, such as websocat ws://host:port/ws",
+            ));
+            *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+            response
+                .headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            return Ok(response);
+        }
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        let mut response = error_response(&Error::bad_request(
+            "only WebSocket version 13 is supported",
+        ));
+        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Ok(response);
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let params = ws_params(&Query::parse(req.uri().query())?, &app.limits)?;
+
+    let upgrading = hyper::upgrade::on(&mut req);
+    let app = app.clone();
+    async_std::task::spawn(async move {
+        let upgraded = match upgrading.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                log::debug!("WebSocket upgrade failed: {e}");
+                return;
+            }
+        };
+        // hyper hands back the TCP stream it served, with any bytes it read
+        // past the request, so tungstenite works on the socket directly.
+        let parts = match upgraded.downcast::<FuturesIo<async_std::net::TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                log::error!("WebSocket upgrade: unexpected connection type");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(Some(app.config.max_frame))
+            .max_frame_size(Some(app.config.max_frame));
+        let ws = WebSocketStream::from_partially_read(
+            parts.io.into_inner(),
+            parts.read_buf.to_vec(),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        connection::serve(app, ws, params).await;
+    });
+
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    Ok(response)
+}
+
+fn ws_params(query: &Query, limits: &protocol::Limits) -> Result<Params, Error> {
+    let user = match query.get("user") {
+        Some(user) => User::parse(user)?,
+        None => User::guest(),
+    };
+    let room = query.get("room").map(Room::parse).transpose()?;
+    let since = query.integer("since")?;
+    let history = query.integer("history")?;
+    let epoch = query.get("epoch");
+    if room.is_none() && (since.is_some() || epoch.is_some() || history.is_some()) {
+        return Err(Error::bad_request("since, epoch and history go with room"));
+    }
+    let replay = match (since, history) {
+        (Some(_), Some(_)) => return Err(Error::bad_request("give since or history, not both")),
+        (Some(since), None) => Replay::Since {
+            since,
+            epoch: epoch.map(|e| Epoch::from(e.to_owned())),
+        },
+        (None, history) => {
+            if epoch.is_some() {
+                return Err(Error::bad_request("epoch goes with since"));
+            }
+            match history {
+                None => Replay::Recent(limits.default_page),
+                Some(n) if n as usize <= limits.max_page => Replay::Recent(n as usize),
+                Some(_) => {
+                    return Err(Error::bad_request(format!(
+                        "history must be from 0 to {}",
+                        limits.max_page
+                    )))
+                }
+            }
+        }
+    };
+    Ok(Params { user, room, replay })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostBody {
+    user: Option<String>,
+    text: String,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Posted<'a> {
+    room: &'a str,
+    id: u64,
+    ts: u64,
+    epoch: &'a str,
+}
+
+async fn post_message(
+    app: &Arc<App>,
+    room: Room,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
+    let query = Query::parse(req.uri().query())?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let declared_json = match content_type.as_deref() {
+        Some("application/json") => true,
+        None | Some("text/plain") | Some("application/x-www-form-urlencoded") => false,
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "content type {other} is not taken: send application/json or text/plain"
+            )))
+        }
+    };
+    let max_body = app.config.max_body;
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!("the body is over {max_body} bytes"),
+            ))
+        }
+        Err(e) => return Err(Error::bad_request(format!("could not read the body: {e}"))),
+    };
+    let body = String::from_utf8(body.to_vec())
+        .map_err(|_| Error::bad_request("the body is not valid UTF-8"))?;
+    // As over WebSocket, a body that is not a JSON object is the text itself:
+    // this is what makes `curl -d 'hello' …?user=bot` work.
+    let (user, text, reference) = if declared_json || body.trim_start().starts_with('{') {
+        let posted: PostBody = serde_json::from_str(&body)
+            .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}")))?;
+        (posted.user, posted.text, posted.reference)
+    } else {
+        (None, body, None)
+    };
+    let user = user.as_deref().or(query.get("user")).ok_or_else(|| {
+        Error::bad_request("user is required: give it in the JSON body or as ?user=")
+    })?;
+    let reference = reference.as_deref().or(query.get("ref"));
+    let draft = Draft {
+        user: User::parse(user)?,
+        text: Text::parse(text, app.config.max_text)?,
+        reference: reference.map(Ref::parse).transpose()?,
+        room: room.clone(),
+    };
+    let stored = app.publish(draft).await?;
+    let body = serde_json::to_string(&Posted {
+        room: room.as_str(),
+        id: stored.id,
+        ts: stored.ts,
+        epoch: stored.epoch.as_str(),
+    })
+    .expect("serializes");
+    Ok(json(StatusCode::CREATED, body))
+}
+
+async fn read_messages(app: &Arc<App>, room: Room, query: &Query) -> Result<Response<Body>, Error> {
+    let limits = &app.limits;
+    let limit = match query.integer("limit")? {
+        None => limits.default_page,
+        Some(n) if n >= 1 && n as usize <= limits.max_page => n as usize,
+        Some(_) => {
+            return Err(Error::bad_request(format!(
+                "limit must be from 1 to {}",
+                limits.max_page
+            )))
+        }
+    };
+    let since = query.integer("since")?;
+    let before = query.integer("before")?;
+    let epoch = query.get("epoch");
+    if epoch.is_some() && since.is_none() {
+        return Err(Error::bad_request("epoch goes with since"));
+    }
+    let (page, more, truncated) = match (since, before) {
+        (Some(_), Some(_)) => return Err(Error::bad_request("give since or before, not both")),
+        (Some(since), None) => {
+            let mut page = app.read(&room, Slice::oldest_after(since, limit)).await?;
+            let mut truncated = page.trimmed_after(since);
+            if epoch.is_some_and(|e| e != page.epoch.as_str()) {
+                // The ids the client has are from a lost history: start over.
+                page = app.read(&room, Slice::oldest_after(0, limit)).await?;
+                truncated = true;
+            }
+            let more = page.messages.last().is_some_and(|m| m.id < page.head);
+            (page, more, truncated)
+        }
+        (None, before) => {
+            let slice = Slice::newest_before(before.unwrap_or(u64::MAX), limit);
+            let page = app.read(&room, slice).await?;
+            let more = page.messages.first().is_some_and(|m| m.id > page.first);
+            (page, more, false)
+        }
+    };
+    let body = format!(
+        r#"{{"epoch":{},"messages":{},"more":{more},"truncated":{truncated}}}"#,
+        serde_json::to_string(page.epoch.as_str()).expect("serializes"),
+        protocol::message_array(&page.messages),
+    );
+    Ok(json(StatusCode::OK, body))
+}
+
+/// A decoded query string. Values must be valid UTF-8 once decoded, and a
+/// name may appear once: a repeated name is ambiguous, so it is refused.
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Result<Query, Error> {
+        let mut pairs = HashMap::new();
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode_component(name)?;
+            let value = decode_component(value)?;
+            if pairs.insert(name.clone(), value).is_some() {
+                return Err(Error::bad_request(format!(
+                    "query parameter {name} is given twice"
+                )));
+            }
+        }
+        Ok(Query(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn integer(&self, name: &str) -> Result<Option<u64>, Error> {
+        self.get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    Error::bad_request(format!("{name} must be a non-negative integer"))
+                })
+            })
+            .transpose()
+    }
+}
+
+fn decode_component(raw: &str) -> Result<String, Error> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| Error::bad_request("the query string is not valid UTF-8 once decoded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decodes_percent_and_plus() {
+        let q = Query::parse(Some("user=Zo%C3%AB+K&room=general&since=4")).unwrap();
+        assert_eq!(q.get("user"), Some("Zoë K"));
+        assert_eq!(q.integer("since").unwrap(), Some(4));
+    }
+
+    #[test]
+    fn query_refuses_bad_utf8_repeats_and_bad_numbers() {
+        assert!(Query::parse(Some("user=%FF")).is_err());
+        assert!(Query::parse(Some("a=1&a=2")).is_err());
+        let q = Query::parse(Some("since=-1&limit=99999999999999999999999")).unwrap();
+        assert!(q.integer("since").is_err());
+        assert!(q.integer("limit").is_err());
+    }
+}

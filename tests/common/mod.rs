@@ -1,0 +1,359 @@
+//! Test harness: parlor processes on free ports, and WebSocket and raw HTTP
+//! clients that talk to them over the real wire.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream as StdTcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_std::net::TcpStream;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running parlor process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args(["--port", "0", "--bind", "127.0.0.1", "--log-format", "text"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("parlor binary starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "parlor did not start; its output:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{}", self.addr, query)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL, STOP, CONT).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "parlor did not exit within {within:?}; its output:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WebSocket client over the real wire.
+pub struct Client {
+    ws: WebSocketStream<TcpStream>,
+    /// Frames read while waiting for something else, returned by `recv` first.
+    early: std::collections::VecDeque<Value>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        Self::try_connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    pub async fn try_connect(url: &str) -> Result<Client, async_tungstenite::tungstenite::Error> {
+        let host = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let tcp = TcpStream::connect(&host).await?;
+        let (ws, _) = async_tungstenite::client_async(url, tcp).await?;
+        Ok(Client {
+            ws,
+            early: Default::default(),
+        })
+    }
+
+    /// Connects and reads the `welcome` frame.
+    pub async fn welcomed(url: &str) -> (Client, Value) {
+        let mut client = Client::connect(url).await;
+        let welcome = client.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (client, welcome)
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// The next frame from the server, as JSON.
+    pub async fn recv(&mut self) -> Value {
+        if let Some(frame) = self.early.pop_front() {
+            return frame;
+        }
+        match self.next_message().await {
+            Message::Text(text) => {
+                serde_json::from_str(text.as_str()).expect("server frames are JSON")
+            }
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    pub async fn next_message(&mut self) -> Message {
+        match async_std::future::timeout(WAIT, self.ws.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(other) => panic!("connection ended: {other:?}"),
+            Err(_) => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    /// Reads frames until one of `kind` arrives; returns it and what came before.
+    pub async fn recv_type(&mut self, kind: &str) -> (Value, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return (frame, before);
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Joins and returns (joined, replayed messages, replayed frame).
+    pub async fn join(&mut self, join: Value) -> (Value, Vec<Value>, Value) {
+        self.send(join).await;
+        let (joined, before) = self.recv_type("joined").await;
+        assert!(before.is_empty(), "frames before joined: {before:?}");
+        let (replayed, messages) = self.recv_type("replayed").await;
+        for m in &messages {
+            assert_eq!(m["type"], "message", "{m}");
+        }
+        (joined, messages, replayed)
+    }
+
+    /// Sends a message and waits for its ack; returns the id. Frames that
+    /// arrive meanwhile are kept for `recv`.
+    pub async fn say(&mut self, room: &str, text: &str) -> u64 {
+        let reference = format!("say-{}", next_ref());
+        let answer = self
+            .request(json!({"type":"send","room":room,"text":text,"ref":reference}))
+            .await;
+        assert_eq!(answer["type"], "ack", "{answer}");
+        answer["id"].as_u64().unwrap()
+    }
+
+    /// Sends a frame with a `ref` and returns the answer that echoes it.
+    /// Frames that arrive meanwhile are kept for `recv`.
+    pub async fn request(&mut self, frame: Value) -> Value {
+        let reference = frame["ref"].clone();
+        assert!(reference.is_string(), "request needs a ref: {frame}");
+        self.send(frame).await;
+        let mut others = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame["ref"] == reference {
+                let early = std::mem::take(&mut self.early);
+                self.early.extend(others);
+                self.early.extend(early);
+                return frame;
+            }
+            others.push(frame);
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            match async_std::future::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map(|f| u16::from(f.code)).unwrap_or(1005)
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => panic!("connection failed without a close frame: {e}"),
+                Ok(None) => panic!("connection ended without a close frame"),
+                Err(_) => panic!("not closed within {WAIT:?}"),
+            }
+        }
+    }
+
+    pub fn into_inner(self) -> WebSocketStream<TcpStream> {
+        self.ws
+    }
+}
+
+fn next_ref() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An HTTP response, read whole.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `error.code` of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Sends raw bytes as an HTTP request and reads the response to the end.
+pub fn http_raw(addr: &str, request: &[u8]) -> Response {
+    let mut stream = StdTcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(request).expect("write request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// An HTTP request with `Connection: close`.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Response {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(content_type) = content_type {
+        request.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    http_raw(addr, &bytes)
+}
+
+pub fn get(addr: &str, path: &str) -> Response {
+    http(addr, "GET", path, None, b"")
+}
+
+pub fn post_json(addr: &str, path: &str, body: &Value) -> Response {
+    http(
+        addr,
+        "POST",
+        path,
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    )
+}
+
+/// The ids of a list of message frames.
+pub fn ids(messages: &[Value]) -> Vec<u64> {
+    messages.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
