@@ -295,8 +295,21 @@ pub fn http_raw(addr: &str, request: &[u8]) -> Response {
     let mut stream = StdTcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).unwrap();
     stream.write_all(request).expect("write request");
+    // A server that refuses a request before reading all of it may reset the
+    // connection after its answer; what arrived before the reset counts.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
+    let mut buf = [0u8; 8192];
+    loop {
+        if response_complete(&raw) {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("read response: {e}"),
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -319,6 +332,20 @@ pub fn http_raw(addr: &str, request: &[u8]) -> Response {
         headers,
         body: body.to_owned(),
     }
+}
+
+/// Whether `raw` holds a whole response with a Content-Length, so that a
+/// kept-alive connection need not be waited out.
+fn response_complete(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .is_some_and(|len| body.len() >= len)
 }
 
 /// An HTTP request with `Connection: close`.

@@ -1,0 +1,359 @@
+//! Bad input over WebSocket and HTTP: each case gets the right error code,
+//! changes nothing, and leaves the connection usable.
+
+mod common;
+
+use async_tungstenite::tungstenite::Message;
+use common::{get, http, http_raw, post_json, Client, Server};
+use serde_json::{json, Value};
+
+/// Sends `frame` and expects an error with `code` (echoing `ref` when given),
+/// then checks that the connection still answers.
+async fn refused(client: &mut Client, frame: &str, code: &str, reference: Option<&str>) {
+    client.send_text(frame).await;
+    let error = client.recv().await;
+    assert_eq!(error["type"], "error", "{frame} -> {error}");
+    assert_eq!(error["code"], code, "{frame} -> {error}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{error}"
+    );
+    match reference {
+        Some(r) => assert_eq!(error["ref"], r, "{frame} -> {error}"),
+        None => assert!(error.get("ref").is_none(), "{frame} -> {error}"),
+    }
+    let answer = client
+        .request(json!({"type":"history","room":"probe","ref":"still-usable"}))
+        .await;
+    assert_eq!(
+        answer["type"], "history",
+        "the connection is still usable after {frame}"
+    );
+}
+
+#[async_std::test]
+async fn every_bad_frame_gets_its_error_code() {
+    let server = Server::start(&[]);
+    let (mut c, _) = Client::welcomed(&server.ws_url("?user=alice")).await;
+    let long_text = "x".repeat(4097);
+    let cases: Vec<(String, &str, Option<&str>)> = vec![
+        (r#"{"type":"send""#.into(), "bad_request", None),
+        (
+            r#"{"type":"shout","ref":"r1"}"#.into(),
+            "bad_request",
+            Some("r1"),
+        ),
+        (r#"{"room":"general"}"#.into(), "bad_request", None),
+        (
+            r#"{"type":"join","ref":"r2"}"#.into(),
+            "bad_request",
+            Some("r2"),
+        ),
+        (r#"{"type":"join","room":42}"#.into(), "bad_request", None),
+        (
+            r#"{"type":"join","room":"general","since":"seven"}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"join","room":"general","since":-3}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"join","room":"general","histroy":3}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"join","room":"no spaces","ref":"r3"}"#.into(),
+            "invalid_name",
+            Some("r3"),
+        ),
+        (
+            format!(r#"{{"type":"join","room":"{}"}}"#, "a".repeat(65)),
+            "invalid_name",
+            None,
+        ),
+        (
+            r#"{"type":"send","room":"general"}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"send","room":"general","text":" \n "}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            format!(r#"{{"type":"send","room":"general","text":"{long_text}","ref":"r4"}}"#),
+            "too_large",
+            Some("r4"),
+        ),
+        (
+            r#"{"type":"send","room":"general","text":"hi","ref":""}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"leave","room":"general","ref":"r5"}"#.into(),
+            "not_joined",
+            Some("r5"),
+        ),
+        (
+            r#"{"type":"history","room":"general","limit":0}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"history","room":"general","limit":1001}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"history","room":"general","before":1e400}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            r#"{"type":"typing","room":"general"}"#.into(),
+            "bad_request",
+            None,
+        ),
+        (
+            format!(r#"{{"type":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000)),
+            "bad_request",
+            None,
+        ),
+        ("plain text without a room".into(), "bad_request", None),
+    ];
+    for (frame, code, reference) in &cases {
+        refused(&mut c, frame, code, *reference).await;
+    }
+    // None of it stored anything.
+    let page = get(&server.addr, "/rooms/general/messages");
+    assert_eq!(page.json()["messages"], json!([]));
+
+    // Binary frames are refused the same way.
+    c.send_raw(Message::binary(vec![1, 2, 3])).await;
+    let error = c.recv().await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+}
+
+#[async_std::test]
+async fn a_frame_over_the_limit_closes_with_1009() {
+    let server = Server::start(&[]);
+    let (mut c, _) = Client::welcomed(&server.ws_url("?user=alice")).await;
+    let huge = format!(
+        r#"{{"type":"send","room":"r","text":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    c.send_text(&huge).await;
+    assert_eq!(c.closed().await, 1009);
+}
+
+#[async_std::test]
+async fn bad_query_parameters_are_refused_before_the_upgrade() {
+    let server = Server::start(&[]);
+    for (query, code) in [
+        ("?user=a%07b", "invalid_name"),
+        ("?user=%20%20", "invalid_name"),
+        ("?room=bad%20room", "invalid_name"),
+        ("?room=r&since=soon", "bad_request"),
+        ("?since=4", "bad_request"),
+        ("?room=r&epoch=abc", "bad_request"),
+        ("?user=%FF", "bad_request"),
+    ] {
+        let request = format!(
+            "GET /ws{query} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        let response = http_raw(&server.addr, request.as_bytes());
+        assert_eq!(response.status, 400, "{query}: {response:?}");
+        assert_eq!(response.error_code(), code, "{query}");
+    }
+    // A plain GET on /ws says how to connect.
+    let response = get(&server.addr, "/ws");
+    assert_eq!(response.status, 426);
+    assert_eq!(response.error_code(), "bad_request");
+}
+
+#[async_std::test]
+async fn sends_over_the_rate_are_refused_and_the_connection_stays() {
+    let server = Server::start(&["--rate", "1", "--burst", "5"]);
+    let (mut c, _) = Client::welcomed(&server.ws_url("?user=alice")).await;
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let answer = c
+            .request(json!({"type":"send","room":"r","text":"hi","ref":format!("s{i}")}))
+            .await;
+        codes.push(
+            answer["code"]
+                .as_str()
+                .unwrap_or(answer["type"].as_str().unwrap())
+                .to_owned(),
+        );
+    }
+    assert_eq!(&codes[..5], ["ack", "ack", "ack", "ack", "ack"]);
+    assert_eq!(
+        &codes[5..],
+        ["rate_limited", "rate_limited", "rate_limited"]
+    );
+    let stored = get(&server.addr, "/rooms/r/messages").json();
+    assert_eq!(stored["messages"].as_array().unwrap().len(), 5);
+}
+
+#[async_std::test]
+async fn joins_beyond_the_room_limit_are_refused() {
+    let server = Server::start(&["--max-rooms", "2"]);
+    let (mut c, _) = Client::welcomed(&server.ws_url("?user=alice")).await;
+    c.join(json!({"type":"join","room":"a"})).await;
+    c.join(json!({"type":"join","room":"b"})).await;
+    refused(
+        &mut c,
+        r#"{"type":"join","room":"c","ref":"third"}"#,
+        "bad_request",
+        Some("third"),
+    )
+    .await;
+    // Joining a joined room again is fine, and leaving makes room.
+    c.join(json!({"type":"join","room":"a"})).await;
+    c.send(json!({"type":"leave","room":"b"})).await;
+    assert_eq!(c.recv().await["type"], "left");
+    c.join(json!({"type":"join","room":"c"})).await;
+}
+
+#[async_std::test]
+async fn repeated_abuse_closes_with_1008() {
+    let server = Server::start(&[]);
+    let (mut c, _) = Client::welcomed(&server.ws_url("?user=alice")).await;
+    for _ in 0..400 {
+        c.send_text("{not json").await;
+    }
+    assert_eq!(c.closed().await, 1008);
+}
+
+fn error_of(response: &common::Response) -> (u16, String) {
+    (response.status, response.error_code())
+}
+
+#[async_std::test]
+async fn bad_http_requests_get_the_status_that_fits() {
+    let server = Server::start(&["--max-body", "8192"]);
+    let a = &server.addr;
+    let p = "/rooms/general/messages";
+    assert_eq!(error_of(&get(a, "/nowhere")), (404, "not_found".into()));
+    let delete = http(a, "DELETE", "/healthz", None, b"");
+    assert_eq!(error_of(&delete), (405, "method_not_allowed".into()));
+    assert_eq!(delete.header("allow"), Some("GET"));
+    assert_eq!(
+        error_of(&http(a, "PUT", p, None, b"")),
+        (405, "method_not_allowed".into())
+    );
+    assert_eq!(
+        error_of(&post_json(
+            a,
+            "/rooms/bad%20room/messages",
+            &json!({"user":"u","text":"t"})
+        )),
+        (400, "invalid_name".into())
+    );
+    assert_eq!(
+        error_of(&http(a, "POST", p, Some("application/json"), b"{\"user\":")),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_of(&post_json(a, p, &json!({"user":"u"}))),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_of(&post_json(
+            a,
+            p,
+            &json!({"user":"u","text":"t","colour":"red"})
+        )),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_of(&post_json(a, p, &json!({"user":"a\u{1}b","text":"t"}))),
+        (400, "invalid_name".into())
+    );
+    assert_eq!(
+        error_of(&post_json(a, p, &json!({"text":"who am i"}))),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_of(&post_json(
+            a,
+            p,
+            &json!({"user":"u","text":"x".repeat(4097)})
+        )),
+        (413, "too_large".into())
+    );
+    assert_eq!(
+        error_of(&post_json(
+            a,
+            p,
+            &json!({"user":"u","text":"t","ref":"\u{e9}"})
+        )),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_of(&http(
+            a,
+            "POST",
+            &format!("{p}?user=u"),
+            Some("text/plain"),
+            b"caf\xe9"
+        )),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_of(&http(
+            a,
+            "POST",
+            &format!("{p}?user=u"),
+            Some("text/plain"),
+            &[b'x'; 9000]
+        )),
+        (413, "too_large".into())
+    );
+    assert_eq!(
+        error_of(&http(
+            a,
+            "POST",
+            &format!("{p}?user=u"),
+            Some("image/png"),
+            b"x"
+        )),
+        (400, "bad_request".into())
+    );
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=99999999999999999999999",
+        "since=-1",
+        "since=1&before=4",
+        "before=x",
+        "epoch=e",
+    ] {
+        assert_eq!(
+            error_of(&get(a, &format!("{p}?{query}"))),
+            (400, "bad_request".into()),
+            "{query}"
+        );
+    }
+    // Nothing was stored by any of it.
+    let stored: Value = get(a, p).json();
+    assert_eq!(stored["messages"], json!([]));
+    // A request head that never ends is cut off rather than kept forever.
+    let huge_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "y".repeat(64 * 1024)
+    );
+    let response = http_raw(a, huge_head.as_bytes());
+    assert_eq!(response.status, 431);
+}

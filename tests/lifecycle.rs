@@ -1,0 +1,149 @@
+//! Connections that end badly and servers that stop: a slow reader is closed
+//! with 1013 and loses nothing when it rejoins; SIGTERM and SIGINT close every
+//! WebSocket with 1001 and exit 0.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{get, Client, Server};
+use serde_json::json;
+
+#[async_std::test]
+async fn a_slow_reader_is_closed_with_1013_and_catches_up_with_since() {
+    let server = Server::start(&[
+        "--outbox",
+        "64",
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+        "--replay-cap",
+        "5000",
+    ]);
+    let (mut slow, _) = Client::welcomed(&server.ws_url("?user=slow")).await;
+    slow.join(json!({"type":"join","room":"flood","history":0}))
+        .await;
+    let (mut fast, _) = Client::welcomed(&server.ws_url("?user=fast")).await;
+    fast.join(json!({"type":"join","room":"flood","history":0}))
+        .await;
+    let (mut writer, _) = Client::welcomed(&server.ws_url("?user=writer")).await;
+
+    // Large messages fill the slow reader's socket buffers, then its outbox.
+    let text = "x".repeat(4000);
+    const COUNT: u64 = 3000;
+    let started = Instant::now();
+    for i in 1..=COUNT {
+        writer
+            .send(json!({"type":"send","room":"flood","text":text}))
+            .await;
+        // The fast member keeps up all along.
+        let frame = fast.recv().await;
+        assert_eq!(frame["id"], i);
+    }
+    let flood_time = started.elapsed();
+
+    // The slow reader now reads what it was sent, then finds the connection
+    // closed with 1013.
+    let mut last_seen = 0;
+    let code = loop {
+        match slow.next_message().await {
+            async_tungstenite::tungstenite::Message::Text(text) => {
+                let frame: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                let id = frame["id"].as_u64().unwrap();
+                assert_eq!(id, last_seen + 1, "what did arrive is contiguous");
+                last_seen = id;
+            }
+            async_tungstenite::tungstenite::Message::Close(frame) => {
+                break frame.map(|f| u16::from(f.code))
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(
+        code,
+        Some(1013),
+        "after {last_seen} messages (flood took {flood_time:?})"
+    );
+    assert!(
+        last_seen < COUNT,
+        "the slow reader was cut off before the end"
+    );
+
+    // Rejoining with since brings exactly the rest.
+    let (mut again, _) = Client::welcomed(&server.ws_url("?user=slow")).await;
+    again
+        .send(json!({"type":"join","room":"flood","since":last_seen}))
+        .await;
+    let (_, replay) = again.recv_type("replayed").await;
+    let ids: Vec<u64> = replay
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["id"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = ((last_seen + 1)..=COUNT).collect();
+    assert!(
+        ids == expected,
+        "replayed {} ids from {:?} to {:?}",
+        ids.len(),
+        ids.first(),
+        ids.last()
+    );
+    let metrics = get(&server.addr, "/metrics").body;
+    assert!(
+        metrics.contains("parlor_slow_reader_closes_total 1\n"),
+        "{metrics}"
+    );
+}
+
+async fn shutdown_on(signal: &str) {
+    let mut server = Server::start(&["--drain-seconds", "5"]);
+    let (mut a, _) = Client::welcomed(&server.ws_url("?user=a&room=r")).await;
+    a.recv_type("replayed").await;
+    let (mut b, _) = Client::welcomed(&server.ws_url("?user=b")).await;
+    server.signal(signal);
+    assert_eq!(a.closed().await, 1001);
+    assert_eq!(b.closed().await, 1001);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(server.log().contains("draining"), "{}", server.log());
+}
+
+#[async_std::test]
+async fn sigterm_closes_websockets_with_1001_and_exits_0() {
+    shutdown_on("TERM").await;
+}
+
+#[async_std::test]
+async fn sigint_does_the_same() {
+    shutdown_on("INT").await;
+}
+
+#[async_std::test]
+async fn an_unusable_port_is_one_clear_line_and_a_failure() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["--bind", "127.0.0.1", "--port", &port])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot listen on") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["--history", "many"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--history"));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).lines().count(), 1);
+}
