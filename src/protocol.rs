@@ -96,7 +96,10 @@ pub fn decode(
                 "plain text is sent to the ?room= of the connection, and it has none; send JSON frames such as {\"type\":\"send\",\"room\":\"general\",\"text\":\"hi\"}",
             ))
         })?;
-        let text = Text::parse(text.to_owned(), limits.max_text_bytes).map_err(reject)?;
+        // Line-oriented clients such as websocat end each frame with the line
+        // break the user typed to send it; it is not part of the message.
+        let line = text.strip_suffix('\n').map_or(text, |t| t.strip_suffix('\r').unwrap_or(t));
+        let text = Text::parse(line.to_owned(), limits.max_text_bytes).map_err(reject)?;
         return Ok(Decoded {
             request: Request::Send { room, text },
             reference: None,
@@ -478,6 +481,10 @@ mod tests {
         let decoded = decode("hello there", Some(&general), &limits()).unwrap();
         assert!(matches!(decoded.request, Request::Send { room, text }
             if room == general && text.as_str() == "hello there"));
+        for (frame, text) in [("line\n", "line"), ("line\r\n", "line"), (" two\n\n", " two\n")] {
+            let decoded = decode(frame, Some(&general), &limits()).unwrap();
+            assert!(matches!(decoded.request, Request::Send { text: t, .. } if t.as_str() == text), "{frame:?}");
+        }
         assert_eq!(err("hello").error.code, ErrorCode::BadRequest);
         let blank = decode("   ", Some(&general), &limits()).unwrap_err();
         assert_eq!(blank.error.message, "text is empty");
