@@ -66,7 +66,10 @@ async fn run(args: Args) {
         match session(&args, &mut position, &lines).await {
             Ok(Quit) => return,
             Err(why) => {
-                eprintln!("* disconnected ({why}); reconnecting in {:.1}s", backoff.as_secs_f32());
+                eprintln!(
+                    "* disconnected ({why}); reconnecting in {:.1}s",
+                    backoff.as_secs_f32()
+                );
                 async_std::task::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -78,8 +81,16 @@ struct Quit;
 
 /// One connection: join (resuming from `position`), then chat until the line
 /// input ends (Ok) or the connection fails (Err).
-async fn session(args: &Args, position: &mut Position, lines: &async_channel::Receiver<Option<String>>) -> Result<Quit, String> {
-    let url = format!("{}/ws?user={}", args.url.trim_end_matches('/'), encode(&args.user));
+async fn session(
+    args: &Args,
+    position: &mut Position,
+    lines: &async_channel::Receiver<Option<String>>,
+) -> Result<Quit, String> {
+    let url = format!(
+        "{}/ws?user={}",
+        args.url.trim_end_matches('/'),
+        encode(&args.user)
+    );
     let host = args
         .url
         .trim_start_matches("ws://")
@@ -88,12 +99,18 @@ async fn session(args: &Args, position: &mut Position, lines: &async_channel::Re
         .unwrap_or_default()
         .to_owned();
     let tcp = TcpStream::connect(&host).await.map_err(|e| e.to_string())?;
-    let (mut ws, _) = async_tungstenite::client_async(&url, tcp).await.map_err(|e| e.to_string())?;
+    let (mut ws, _) = async_tungstenite::client_async(&url, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
     let join = match (&position.last_id, &position.epoch) {
-        (Some(since), Some(epoch)) => json!({"type":"join","room":args.room,"since":since,"epoch":epoch}),
+        (Some(since), Some(epoch)) => {
+            json!({"type":"join","room":args.room,"since":since,"epoch":epoch})
+        }
         _ => json!({"type":"join","room":args.room}),
     };
-    ws.send(Message::text(join.to_string())).await.map_err(|e| e.to_string())?;
+    ws.send(Message::text(join.to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut next_ref = 0u64;
     loop {
         let event = async { Event::Frame(ws.next().await) }
@@ -108,14 +125,19 @@ async fn session(args: &Args, position: &mut Position, lines: &async_channel::Re
             Event::Line(Some(text)) => {
                 next_ref += 1;
                 let frame = json!({"type":"send","room":args.room,"text":text,"ref":format!("{}-{next_ref}", args.user)});
-                ws.send(Message::text(frame.to_string())).await.map_err(|e| e.to_string())?;
+                ws.send(Message::text(frame.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Event::Frame(Some(Ok(Message::Text(text)))) => {
-                let frame: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+                let frame: Value =
+                    serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
                 show(&frame, position);
             }
             Event::Frame(Some(Ok(Message::Close(frame)))) => {
-                return Err(frame.map_or("closed".into(), |f| format!("closed with {}: {}", u16::from(f.code), f.reason)));
+                return Err(frame.map_or("closed".into(), |f| {
+                    format!("closed with {}: {}", u16::from(f.code), f.reason)
+                }));
             }
             Event::Frame(Some(Ok(_))) => {}
             Event::Frame(Some(Err(e))) => return Err(e.to_string()),

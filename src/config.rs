@@ -22,6 +22,22 @@ pub struct Flags {
     #[argh(option)]
     pub bind: Option<IpAddr>,
 
+    /// the Redis to share rooms and history with other instances, such as
+    /// redis://127.0.0.1:6379 [REDIS_URL, default: none, the embedded
+    /// in-memory store, one instance alone]
+    #[argh(option)]
+    pub redis: Option<String>,
+
+    /// prefix of every Redis key and channel, so that several deployments can
+    /// share one Redis [REDIS_PREFIX, default parlor]
+    #[argh(option)]
+    pub redis_prefix: Option<String>,
+
+    /// milliseconds a Redis call may take before the request is answered
+    /// `unavailable` [REDIS_TIMEOUT_MS, default 2000]
+    #[argh(option)]
+    pub redis_timeout_ms: Option<u64>,
+
     /// messages kept per room [HISTORY, default 10000]
     #[argh(option)]
     pub history: Option<usize>,
@@ -102,6 +118,9 @@ pub enum LogFormat {
 pub struct Config {
     pub port: u16,
     pub bind: IpAddr,
+    pub redis: Option<String>,
+    pub redis_prefix: String,
+    pub redis_timeout_ms: u64,
     pub history: usize,
     pub instance: String,
     pub max_text: usize,
@@ -128,6 +147,17 @@ impl Config {
         let config = Config {
             port: pick(flags.port, &env, "PORT", 8080)?,
             bind: pick(flags.bind, &env, "BIND", IpAddr::from([0, 0, 0, 0]))?,
+            redis: flags
+                .redis
+                .or_else(|| env("REDIS_URL"))
+                .filter(|url| !url.trim().is_empty()),
+            redis_prefix: pick(
+                flags.redis_prefix,
+                &env,
+                "REDIS_PREFIX",
+                "parlor".to_owned(),
+            )?,
+            redis_timeout_ms: pick(flags.redis_timeout_ms, &env, "REDIS_TIMEOUT_MS", 2000)?,
             history: pick(flags.history, &env, "HISTORY", 10_000)?,
             instance: pick(
                 flags.instance,
@@ -192,6 +222,15 @@ impl Config {
             if value == 0 {
                 return Err(format!("{flag} must be at least 1"));
             }
+        }
+        if self.redis_timeout_ms == 0 {
+            return Err("--redis-timeout-ms must be at least 1".into());
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.contains(['{', '}'])
+            || self.redis_prefix.contains(char::is_whitespace)
+        {
+            return Err("--redis-prefix must be non-empty, without braces or spaces".into());
         }
         if self.outbox < 16 {
             return Err("--outbox must be at least 16 frames".into());

@@ -24,8 +24,9 @@ use crate::protocol::{self, Decoded, Rejected, Replay, Request};
 use crate::rooms::{ConnId, JoinError};
 use crate::store::{Draft, Slice};
 
-/// How long a closing connection waits for its writer to finish.
-const WRITER_GRACE: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for its writer to finish and the
+/// client to answer the close.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bad requests a connection may make in a burst, and per second after it,
 /// before it is closed with 1008. Generous: a client with a bug should see
 /// its errors, not lose its connection.
@@ -106,7 +107,12 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
         app.rooms.leave(id, &room);
     }
     outbox.close(GOING_AWAY, "server shutting down");
-    let _ = async_std::future::timeout(WRITER_GRACE, writer).await;
+    // The closing handshake: while the writer sends what is queued and the
+    // close frame, what the client still sends is read and dropped until it
+    // answers the close. Dropping the socket with unread data would reset it,
+    // and the client might never see the close code.
+    let drain = async { while let Some(Ok(_)) = receiver.next().await {} };
+    let _ = async_std::future::timeout(CLOSE_GRACE, futures_lite::future::zip(writer, drain)).await;
     app.connections.remove(id);
     app.metrics.connection_closed();
     log::debug!("connection {id} closed");

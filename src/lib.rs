@@ -16,6 +16,7 @@ pub mod memory_store;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod redis_store;
 pub mod rooms;
 pub mod routes;
 pub mod server;

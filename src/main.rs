@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
@@ -11,6 +12,7 @@ use futures_lite::StreamExt;
 use parlor::app::App;
 use parlor::config::{Config, Flags};
 use parlor::memory_store::MemoryStore;
+use parlor::redis_store::RedisStore;
 use parlor::store::Store;
 use parlor::{logging, server};
 
@@ -44,8 +46,18 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {address}: {e}; is another process using the port? (--port, PORT)"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
-    let (store, feed) = MemoryStore::new(config.history);
-    let store = Store::Memory(store);
+    let (store, feed) = match &config.redis {
+        None => {
+            let (store, feed) = MemoryStore::new(config.history);
+            (Store::Memory(store), feed)
+        }
+        Some(url) => {
+            let timeout = Duration::from_millis(config.redis_timeout_ms);
+            let (store, feed) =
+                RedisStore::connect(url, &config.redis_prefix, config.history, timeout).await?;
+            (Store::Redis(store), feed)
+        }
+    };
     log::info!("{}", store.describe());
     let app = Arc::new(App::new(config, store));
     async_std::task::spawn(app.rooms.clone().run_feed(feed));

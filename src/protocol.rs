@@ -98,7 +98,9 @@ pub fn decode(
         })?;
         // Line-oriented clients such as websocat end each frame with the line
         // break the user typed to send it; it is not part of the message.
-        let line = text.strip_suffix('\n').map_or(text, |t| t.strip_suffix('\r').unwrap_or(t));
+        let line = text
+            .strip_suffix('\n')
+            .map_or(text, |t| t.strip_suffix('\r').unwrap_or(t));
         let text = Text::parse(line.to_owned(), limits.max_text_bytes).map_err(reject)?;
         return Ok(Decoded {
             request: Request::Send { room, text },
@@ -299,23 +301,22 @@ pub fn joined(room: &Room, epoch: &Epoch) -> Frame {
 
 /// The `message` frame; over HTTP the same object is an element of `messages`.
 pub fn message(room: &Room, id: u64, user: &str, text: &str, ts: u64) -> Frame {
-    #[derive(Serialize)]
-    struct Msg<'a> {
-        r#type: &'static str,
-        room: &'a str,
-        id: u64,
-        user: &'a str,
-        text: &'a str,
-        ts: u64,
-    }
-    encode(&Msg {
-        r#type: "message",
-        room: room.as_str(),
-        id,
-        user,
-        text,
-        ts,
-    })
+    let (prefix, suffix) = message_parts(room, user, text, ts);
+    format!("{prefix}{id}{suffix}").into()
+}
+
+/// The `message` frame in two parts, before and after its id, so that the
+/// store can put in the id it assigns without encoding the frame again.
+pub fn message_parts(room: &Room, user: &str, text: &str, ts: u64) -> (String, String) {
+    let string = |s: &str| serde_json::to_string(s).expect("strings serialize");
+    // Room names are plain ASCII without quotes or backslashes: no escaping needed.
+    let prefix = format!(r#"{{"type":"message","room":"{room}","id":"#);
+    let suffix = format!(
+        r#","user":{},"text":{},"ts":{ts}}}"#,
+        string(user),
+        string(text)
+    );
+    (prefix, suffix)
 }
 
 pub fn replayed(room: &Room, count: usize, truncated: bool) -> Frame {
@@ -481,9 +482,16 @@ mod tests {
         let decoded = decode("hello there", Some(&general), &limits()).unwrap();
         assert!(matches!(decoded.request, Request::Send { room, text }
             if room == general && text.as_str() == "hello there"));
-        for (frame, text) in [("line\n", "line"), ("line\r\n", "line"), (" two\n\n", " two\n")] {
+        for (frame, text) in [
+            ("line\n", "line"),
+            ("line\r\n", "line"),
+            (" two\n\n", " two\n"),
+        ] {
             let decoded = decode(frame, Some(&general), &limits()).unwrap();
-            assert!(matches!(decoded.request, Request::Send { text: t, .. } if t.as_str() == text), "{frame:?}");
+            assert!(
+                matches!(decoded.request, Request::Send { text: t, .. } if t.as_str() == text),
+                "{frame:?}"
+            );
         }
         assert_eq!(err("hello").error.code, ErrorCode::BadRequest);
         let blank = decode("   ", Some(&general), &limits()).unwrap_err();

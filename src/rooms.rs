@@ -23,7 +23,7 @@ use crate::fields::Room;
 use crate::metrics::Metrics;
 use crate::outbox::{Closed, Outbox, Refused};
 use crate::protocol::{self, Replay};
-use crate::store::{Delivery, Epoch, FeedEvent, Message, Page, Slice, Store};
+use crate::store::{Delivery, Epoch, FeedEvent, Message, Slice, Store};
 
 /// How many catch-up reads a join makes before giving up on a room that is
 /// changing faster than it can be read.
@@ -226,8 +226,14 @@ impl Rooms {
         self.subscribed(feed).await?;
         let room = &feed.room;
         let store = &self.0.store;
-        let (page, mut truncated) = match replay {
-            Replay::Recent(n) => (store.read(room, Slice::newest_after(0, n)).await?, false),
+        // `seen`: the id up to which the client has everything it wants, so
+        // that live delivery starts after it.
+        let (page, mut truncated, seen) = match replay {
+            Replay::Recent(n) => {
+                let page = store.read(room, Slice::newest_after(0, n)).await?;
+                let head = page.head;
+                (page, false, head)
+            }
             Replay::Since { since, epoch } => {
                 let page = store
                     .read(room, Slice::newest_after(since, self.0.replay_cap))
@@ -235,104 +241,99 @@ impl Rooms {
                 if epoch.is_some_and(|e| e != page.epoch) {
                     // The client's ids belong to a history that was lost: it
                     // gets this epoch from its start, and is told of the gap.
-                    (
-                        store
-                            .read(room, Slice::newest_after(0, self.0.replay_cap))
-                            .await?,
-                        true,
-                    )
+                    let page = store
+                        .read(room, Slice::newest_after(0, self.0.replay_cap))
+                        .await?;
+                    let head = page.head;
+                    (page, true, head)
                 } else {
                     let missed =
                         page.head > since && page.messages.first().is_none_or(|m| m.id > since + 1);
-                    (page, missed)
+                    // A client may be ahead of what this read saw; it still
+                    // gets only what comes after its `since`.
+                    let seen = page.head.max(since);
+                    (page, missed, seen)
                 }
             }
         };
         outbox.push(protocol::joined(room, &page.epoch)).await?;
-        let mut count = 0;
-        let mut epoch = page.epoch.clone();
-        // Everything up to `after` has been replayed or was not asked for.
-        let mut after = page.head;
-        count += send_all(outbox, &page.messages).await?;
+        let mut progress = Progress {
+            epoch: page.epoch.clone(),
+            after: seen,
+            head: page.head,
+            count: send_all(outbox, &page.messages).await?,
+        };
 
         for _ in 0..MAX_CATCH_UP_READS {
             let next = {
                 let mut state = lock(&feed.state);
                 match state.cursor.clone() {
-                    Some((cursor_epoch, _)) if cursor_epoch != epoch => CatchUp::EpochDiffers,
+                    Some((cursor_epoch, _)) if cursor_epoch != progress.epoch => {
+                        CatchUp::EpochDiffers
+                    }
                     cursor => {
-                        let next =
-                            try_go_live(&mut state, room, conn, &epoch, after, count, truncated)?;
-                        if let (None, CatchUp::Live(last)) = (cursor, &next) {
-                            // The first member to go live tells the feed where history stands.
-                            state.cursor = Some((epoch.clone(), *last));
+                        let next = try_go_live(&mut state, room, conn, &progress, truncated)?;
+                        if cursor.is_none() && next == CatchUp::Live {
+                            // The first member to go live tells the feed where
+                            // history stood when it was last read. Deliveries
+                            // held back beyond that arrive again through a
+                            // repair, and the members skip what they have.
+                            state.cursor = Some((progress.epoch.clone(), progress.head));
                         }
                         next
                     }
                 }
             };
-            match next {
-                CatchUp::Live(_) => {
-                    self.0.metrics.replayed(count, truncated);
+            let page = match next {
+                CatchUp::Live => {
+                    self.0.metrics.replayed(progress.count, truncated);
                     return Ok(());
                 }
                 CatchUp::Gap => {
-                    let page = store
-                        .read(room, Slice::oldest_after(after, self.0.pending_limit))
-                        .await?;
-                    if page.epoch == epoch {
-                        truncated |= page.trimmed_after(after);
-                        after = page.messages.last().map_or(after.max(page.head), |m| m.id);
-                        count += send_all(outbox, &page.messages).await?;
-                        continue;
-                    }
-                    self.switch_member_epoch(
-                        outbox, room, page, &mut epoch, &mut after, &mut count,
-                    )
-                    .await?;
+                    store
+                        .read(room, Slice::oldest_after(progress.after, REPAIR_PAGE))
+                        .await?
                 }
                 CatchUp::EpochDiffers => {
                     let page = store
-                        .read(room, Slice::oldest_after(0, self.0.pending_limit))
+                        .read(room, Slice::oldest_after(0, REPAIR_PAGE))
                         .await?;
-                    if page.epoch == epoch {
+                    if page.epoch == progress.epoch {
                         // The store agrees with this join: the room's feed is
                         // the one behind, so it moves to the store's epoch.
                         let mut state = lock(&feed.state);
-                        if state.cursor.as_ref().is_some_and(|(e, _)| *e != epoch) {
-                            self.switch_feed_epoch(&mut state, feed, epoch.clone());
+                        if state
+                            .cursor
+                            .as_ref()
+                            .is_some_and(|(e, _)| *e != progress.epoch)
+                        {
+                            self.switch_feed_epoch(&mut state, feed, progress.epoch.clone());
                         }
                         continue;
                     }
-                    self.switch_member_epoch(
-                        outbox, room, page, &mut epoch, &mut after, &mut count,
-                    )
-                    .await?;
+                    page
                 }
+            };
+            if page.epoch == progress.epoch {
+                truncated |= page.trimmed_after(progress.after);
+                progress.after = page
+                    .messages
+                    .last()
+                    .map_or(progress.after.max(page.head), |m| m.id);
+            } else {
+                // The room's history began again: `joined` with the new epoch,
+                // then its messages from the start.
+                outbox.push(protocol::joined(room, &page.epoch)).await?;
+                progress.epoch = page.epoch.clone();
+                progress.after = page.messages.last().map_or(0, |m| m.id);
             }
+            progress.head = page.head;
+            progress.count += send_all(outbox, &page.messages).await?;
         }
         Err(JoinError::Refused(Error::new(
             ErrorCode::Unavailable,
             "the room changed faster than it could be replayed; join again",
         )))
-    }
-
-    /// Tells a joining member that the room's history began again: `joined`
-    /// with the new epoch, then the new epoch's messages from the start.
-    async fn switch_member_epoch(
-        &self,
-        outbox: &Outbox,
-        room: &Room,
-        page: Page,
-        epoch: &mut Epoch,
-        after: &mut u64,
-        count: &mut usize,
-    ) -> Result<(), JoinError> {
-        outbox.push(protocol::joined(room, &page.epoch)).await?;
-        *epoch = page.epoch;
-        *after = page.messages.last().map_or(0, |m| m.id);
-        *count += send_all(outbox, &page.messages).await?;
-        Ok(())
     }
 
     /// Runs the feed: puts each delivery in order for its room's members, and
@@ -370,11 +371,6 @@ impl Rooms {
         if delivery.epoch != epoch || state.repairing || id > last + 1 {
             if delivery.epoch == epoch {
                 state.target = state.target.max(id);
-            } else {
-                self.0.metrics.gap();
-            }
-            if id > last + 1 && !state.repairing {
-                self.0.metrics.gap();
             }
             self.start_repair(&mut state, &feed);
             return;
@@ -444,6 +440,7 @@ impl Rooms {
             return;
         }
         state.repairing = true;
+        self.0.metrics.gap();
         let rooms = self.clone();
         let feed = feed.clone();
         async_std::task::spawn(async move { rooms.repair(feed).await });
@@ -512,10 +509,22 @@ impl Rooms {
     }
 }
 
+/// How far a join has brought its client.
+struct Progress {
+    epoch: Epoch,
+    /// The client has everything it asked for up to this id.
+    after: u64,
+    /// The room's head when history was last read.
+    head: u64,
+    /// Messages replayed so far.
+    count: usize,
+}
+
 /// What a join does next.
+#[derive(PartialEq, Eq)]
 enum CatchUp {
-    /// The member is live; its last id.
-    Live(u64),
+    /// The member is live.
+    Live,
     /// Something between the replay and the held-back deliveries is missing.
     Gap,
     /// The room's feed is on another epoch than the join's replay.
@@ -562,11 +571,10 @@ fn try_go_live(
     state: &mut FeedState,
     room: &Room,
     conn: ConnId,
-    epoch: &Epoch,
-    after: u64,
-    count: usize,
+    progress: &Progress,
     truncated: bool,
 ) -> Result<CatchUp, JoinError> {
+    let (epoch, after) = (&progress.epoch, progress.after);
     let member = state.members.get_mut(&conn).ok_or(JoinError::Closed)?;
     let MemberState::Joining { pending, stale } = &mut member.state else {
         return Err(JoinError::Closed);
@@ -579,7 +587,7 @@ fn try_go_live(
     }
     member
         .outbox
-        .offer(protocol::replayed(room, count, truncated))?;
+        .offer(protocol::replayed(room, progress.count, truncated))?;
     let mut last = after;
     for (e, message) in pending.iter() {
         if e == epoch && message.id == last + 1 {
@@ -588,7 +596,7 @@ fn try_go_live(
         }
     }
     member.state = MemberState::Live { after: last };
-    Ok(CatchUp::Live(last))
+    Ok(CatchUp::Live)
 }
 
 async fn send_all(outbox: &Outbox, messages: &[Message]) -> Result<usize, Closed> {

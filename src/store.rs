@@ -21,6 +21,7 @@ use crate::error::{Error, ErrorCode};
 use crate::fields::{Ref, Room, Text, User};
 use crate::memory_store::MemoryStore;
 use crate::protocol::Frame;
+use crate::redis_store::RedisStore;
 
 /// How long a `ref` is remembered, so that a retried send is stored once.
 pub const REF_MEMORY: Duration = Duration::from_secs(5 * 60);
@@ -190,6 +191,7 @@ impl From<StoreError> for Error {
 /// The message store of this instance.
 pub enum Store {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 impl Store {
@@ -198,6 +200,7 @@ impl Store {
     pub async fn publish(&self, draft: Draft) -> Result<Stored, StoreError> {
         match self {
             Store::Memory(store) => Ok(store.publish(draft).await),
+            Store::Redis(store) => store.publish(draft).await,
         }
     }
 
@@ -205,21 +208,24 @@ impl Store {
     pub async fn read(&self, room: &Room, slice: Slice) -> Result<Page, StoreError> {
         match self {
             Store::Memory(store) => Ok(store.read(room, slice).await),
+            Store::Redis(store) => store.read(room, slice).await,
         }
     }
 
     /// Starts the live feed for a room on this instance; returns once deliveries
     /// published from now on will arrive.
-    pub async fn subscribe(&self, _room: &Room) -> Result<(), StoreError> {
+    pub async fn subscribe(&self, room: &Room) -> Result<(), StoreError> {
         match self {
             Store::Memory(_) => Ok(()),
+            Store::Redis(store) => store.subscribe(room).await,
         }
     }
 
     /// Stops the live feed for a room that has no local members any more.
-    pub fn unsubscribe(&self, _room: &Room) {
+    pub fn unsubscribe(&self, room: &Room) {
         match self {
             Store::Memory(_) => {}
+            Store::Redis(store) => store.unsubscribe(room),
         }
     }
 
@@ -227,6 +233,7 @@ impl Store {
     pub fn is_ready(&self) -> bool {
         match self {
             Store::Memory(_) => true,
+            Store::Redis(store) => store.is_ready(),
         }
     }
 
@@ -236,6 +243,7 @@ impl Store {
             Store::Memory(_) => {
                 "embedded in-memory store: this instance runs alone; start with --redis URL to share rooms with other instances".to_owned()
             }
+            Store::Redis(store) => store.describe(),
         }
     }
 }

@@ -287,3 +287,20 @@ async fn rejoining_a_joined_room_replays_again_without_duplicating_live() {
         .await;
     assert_eq!(alice.recv().await["type"], "history", "message 2 came once");
 }
+
+#[async_std::test]
+async fn since_beyond_the_newest_id_waits_for_ids_after_it() {
+    let server = Server::start(&[]);
+    let (mut writer, _) = Client::welcomed(&server.ws_url("?user=w")).await;
+    writer.say("r", "one").await;
+    let (mut ahead, _) = Client::welcomed(&server.ws_url("?user=ahead")).await;
+    let (_, replay, replayed) = ahead.join(json!({"type":"join","room":"r","since":3})).await;
+    assert!(replay.is_empty());
+    assert_eq!(replayed["truncated"], false);
+    for text in ["two", "three", "four"] {
+        writer.say("r", text).await;
+    }
+    // Ids 2 and 3 are at or below its since; 4 is the first it gets.
+    let first = ahead.recv().await;
+    assert_eq!((first["id"].as_u64(), first["text"].as_str()), (Some(4), Some("four")));
+}

@@ -384,3 +384,192 @@ pub fn post_json(addr: &str, path: &str, body: &Value) -> Response {
 pub fn ids(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|m| m["id"].as_u64().unwrap()).collect()
 }
+
+/// A `redis-server` of a test's own, on a free port, killed when dropped.
+/// Tests never use a shared Redis: they flush, kill and restart this one.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    extra: Vec<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (for example AOF settings).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = std::env::temp_dir().join(format!(
+            "parlor-test-redis-{}-{}",
+            std::process::id(),
+            next_ref()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis {
+            child: None,
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for _ in 0..20 {
+            redis.port = free_port();
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    /// Starts the server process on `self.port`; false if it did not come up.
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("these tests need redis-server (apt-get install redis-server): {e}")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self
+                .try_cli(&["PING"])
+                .is_some_and(|out| out.trim() == "PONG")
+            {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs a redis-cli command and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads frames until `count` messages of `room` have arrived; returns them.
+pub async fn messages(client: &mut Client, room: &str, count: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let frame = client.recv().await;
+        if frame["type"] == "message" && frame["room"] == room {
+            out.push(frame);
+        }
+    }
+    out
+}
+
+/// Follows a room the way a well-behaved client does: joins with `since`,
+/// reads messages until id `last`, and when the server closes it as a slow
+/// reader (1013), reconnects and rejoins with the last id it saw. Returns
+/// every message id it saw, in order, and how many times it reconnected.
+pub async fn follow(url: &str, room: &str, since: u64, last: u64) -> (Vec<u64>, usize) {
+    let mut seen = Vec::new();
+    let mut reconnects = 0;
+    let mut since = since;
+    loop {
+        let (client, _) = Client::welcomed(url).await;
+        let mut ws = client.into_inner();
+        ws.send(Message::text(
+            json!({"type":"join","room":room,"since":since}).to_string(),
+        ))
+        .await
+        .expect("send join");
+        loop {
+            let message = match async_std::future::timeout(WAIT, ws.next()).await {
+                Ok(Some(Ok(message))) => message,
+                other => panic!("following {room}: connection ended: {other:?}"),
+            };
+            match message {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if frame["type"] == "message" && frame["room"] == room {
+                        let id = frame["id"].as_u64().unwrap();
+                        seen.push(id);
+                        since = id;
+                        if id >= last {
+                            return (seen, reconnects);
+                        }
+                    }
+                }
+                Message::Close(Some(close)) if u16::from(close.code) == 1013 => break,
+                Message::Close(other) => panic!("following {room}: closed with {other:?}"),
+                _ => {}
+            }
+        }
+        reconnects += 1;
+    }
+}

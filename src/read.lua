@@ -1,0 +1,43 @@
+-- Reads part of a room's history, with where it stands: one round trip, one
+-- consistent view.
+--
+-- KEYS[1] the room's meta hash (epoch, head)   KEYS[2] the room's stream
+-- ARGV: after (ids strictly above), before (strictly below, or '+' for none),
+--       limit, 'oldest' or 'newest' (which end the limit counts from),
+--       fresh_epoch (used when the room has none yet)
+-- Returns {epoch, head, first, entries}; entries oldest first, each
+-- {stream id, {field, value, ...}}.
+local meta, stream = KEYS[1], KEYS[2]
+local after, before, limit, from, fresh_epoch = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = fresh_epoch
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'epoch', epoch, 'head', 0)
+end
+local head = tonumber(redis.call('HGET', meta, 'head'))
+
+local first = head + 1
+local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+if #oldest > 0 then
+  first = tonumber(string.match(oldest[1][1], '^(%d+)'))
+end
+
+local entries = {}
+if limit > 0 then
+  local lo = '(' .. after .. '-0'
+  local hi = '+'
+  if before ~= '+' then
+    hi = '(' .. before .. '-0'
+  end
+  if from == 'oldest' then
+    entries = redis.call('XRANGE', stream, lo, hi, 'COUNT', limit)
+  else
+    local newest = redis.call('XREVRANGE', stream, hi, lo, 'COUNT', limit)
+    for i = #newest, 1, -1 do
+      entries[#entries + 1] = newest[i]
+    end
+  end
+end
+return {epoch, head, first, entries}
