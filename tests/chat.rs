@@ -294,7 +294,9 @@ async fn since_beyond_the_newest_id_waits_for_ids_after_it() {
     let (mut writer, _) = Client::welcomed(&server.ws_url("?user=w")).await;
     writer.say("r", "one").await;
     let (mut ahead, _) = Client::welcomed(&server.ws_url("?user=ahead")).await;
-    let (_, replay, replayed) = ahead.join(json!({"type":"join","room":"r","since":3})).await;
+    let (_, replay, replayed) = ahead
+        .join(json!({"type":"join","room":"r","since":3}))
+        .await;
     assert!(replay.is_empty());
     assert_eq!(replayed["truncated"], false);
     for text in ["two", "three", "four"] {
@@ -302,5 +304,8 @@ async fn since_beyond_the_newest_id_waits_for_ids_after_it() {
     }
     // Ids 2 and 3 are at or below its since; 4 is the first it gets.
     let first = ahead.recv().await;
-    assert_eq!((first["id"].as_u64(), first["text"].as_str()), (Some(4), Some("four")));
+    assert_eq!(
+        (first["id"].as_u64(), first["text"].as_str()),
+        (Some(4), Some("four"))
+    );
 }
