@@ -36,6 +36,8 @@ struct Args {
 struct Position {
     last_id: Option<u64>,
     epoch: Option<String>,
+    /// The last session got as far as a connection (so backoff starts over).
+    connected: bool,
 }
 
 enum Event {
@@ -66,6 +68,9 @@ async fn run(args: Args) {
         match session(&args, &mut position, &lines).await {
             Ok(Quit) => return,
             Err(why) => {
+                if std::mem::take(&mut position.connected) {
+                    backoff = Duration::from_millis(250);
+                }
                 eprintln!(
                     "* disconnected ({why}); reconnecting in {:.1}s",
                     backoff.as_secs_f32()
@@ -102,6 +107,7 @@ async fn session(
     let (mut ws, _) = async_tungstenite::client_async(&url, tcp)
         .await
         .map_err(|e| e.to_string())?;
+    position.connected = true;
     let join = match (&position.last_id, &position.epoch) {
         (Some(since), Some(epoch)) => {
             json!({"type":"join","room":args.room,"since":since,"epoch":epoch})
@@ -173,7 +179,7 @@ fn show(frame: &Value, position: &mut Position) {
             if frame["truncated"].as_bool() == Some(true) {
                 eprintln!("* replayed {count}; some older messages are no longer in history");
             } else if count > 0 {
-                eprintln!("* replayed {count} missed message(s)");
+                eprintln!("* replayed {count} message(s)");
             }
         }
         Some("error") => eprintln!("* error {}: {}", s("code"), s("message")),
