@@ -43,6 +43,13 @@ struct Args {
     /// sends each publisher keeps in flight
     #[argh(option, default = "64")]
     window: usize,
+    /// instead of publishing: hold this many idle connections, each joined to
+    /// one room, for --hold seconds (to measure memory per connection)
+    #[argh(option, default = "0")]
+    idle: usize,
+    /// seconds to hold idle connections
+    #[argh(option, default = "10")]
+    hold: u64,
     /// prefix of the room names, so that runs do not see each other's history
     #[argh(option, default = "format!(\"load{}\", std::process::id())")]
     prefix: String,
@@ -101,6 +108,9 @@ struct Received {
 }
 
 async fn run(args: Args) {
+    if args.idle > 0 {
+        return hold_idle(&args).await;
+    }
     let start = Instant::now();
     let rooms: Vec<String> = (0..args.rooms)
         .map(|r| format!("{}-{r}", args.prefix))
@@ -242,6 +252,32 @@ async fn run(args: Args) {
         }
         std::process::exit(1);
     }
+}
+
+/// Opens `--idle` connections, joins each to a room, and holds them.
+async fn hold_idle(args: &Args) {
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(args.idle);
+    for i in 0..args.idle {
+        let url = &args.url[i % args.url.len()];
+        let mut ws = connect(url, &format!("idle{i}")).await;
+        let room = format!("{}-idle-{}", args.prefix, i % 100);
+        ws.send(Message::text(
+            json!({"type":"join","room":room,"history":0}).to_string(),
+        ))
+        .await
+        .unwrap();
+        while next_frame(&mut ws).await["type"] != "replayed" {}
+        held.push(ws);
+    }
+    let took = start.elapsed().as_secs_f64();
+    println!(
+        "{} connections open and joined in {took:.2}s ({:.0} per second); holding them {}s",
+        held.len(),
+        held.len() as f64 / took,
+        args.hold
+    );
+    async_std::task::sleep(Duration::from_secs(args.hold)).await;
 }
 
 /// How many of `total` messages, sent round-robin over `rooms`, land in room `r`.

@@ -344,7 +344,12 @@ async fn run_subscriber(
         };
         let Ok((mut sink, mut stream)) = session else {
             if let Err(e) = session {
-                log::warn!("Redis live feed unavailable ({e}); retrying in {backoff:?}");
+                // Said once per outage; the retries after it are debug lines.
+                if backoff == RECONNECT_MIN {
+                    log::warn!("Redis live feed unavailable ({e}); retrying until it is back");
+                } else {
+                    log::debug!("Redis live feed still unavailable ({e}); retrying in {backoff:?}");
+                }
             }
             // Requests that came meanwhile are answered rather than left waiting.
             let wait = async_std::task::sleep(backoff);
