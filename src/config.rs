@@ -60,6 +60,11 @@ pub struct Flags {
     #[argh(option)]
     pub max_body: Option<usize>,
 
+    /// most WebSocket connections this instance holds; beyond it the upgrade is
+    /// refused with 503 [PARLOR_MAX_CONNECTIONS, default 20000]
+    #[argh(option)]
+    pub max_connections: Option<usize>,
+
     /// rooms one connection may join [PARLOR_MAX_ROOMS, default 100]
     #[argh(option)]
     pub max_rooms: Option<usize>,
@@ -126,6 +131,7 @@ pub struct Config {
     pub max_text: usize,
     pub max_frame: usize,
     pub max_body: usize,
+    pub max_connections: usize,
     pub max_rooms: usize,
     pub max_page: usize,
     pub replay_cap: usize,
@@ -168,6 +174,12 @@ impl Config {
             max_text: pick(flags.max_text, &env, "PARLOR_MAX_TEXT", 4096)?,
             max_frame: pick(flags.max_frame, &env, "PARLOR_MAX_FRAME", 64 * 1024)?,
             max_body: pick(flags.max_body, &env, "PARLOR_MAX_BODY", 64 * 1024)?,
+            max_connections: pick(
+                flags.max_connections,
+                &env,
+                "PARLOR_MAX_CONNECTIONS",
+                20_000,
+            )?,
             max_rooms: pick(flags.max_rooms, &env, "PARLOR_MAX_ROOMS", 100)?,
             max_page: pick(flags.max_page, &env, "PARLOR_MAX_PAGE", 1000)?,
             replay_cap: pick(flags.replay_cap, &env, "PARLOR_REPLAY_CAP", 1000)?,
@@ -212,6 +224,7 @@ impl Config {
             ("--max-text", self.max_text),
             ("--max-frame", self.max_frame),
             ("--max-body", self.max_body),
+            ("--max-connections", self.max_connections),
             ("--max-rooms", self.max_rooms),
             ("--max-page", self.max_page),
             ("--replay-cap", self.replay_cap),

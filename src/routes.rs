@@ -218,6 +218,15 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
     }
     let accept = derive_accept_key(key.as_bytes());
     let params = ws_params(&Query::parse(req.uri().query())?, &app.limits)?;
+    if app.connections.len() >= app.config.max_connections {
+        return Err(Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "this instance holds {} connections, its limit; connect to another instance or retry later",
+                app.config.max_connections
+            ),
+        ));
+    }
 
     let upgrading = hyper::upgrade::on(&mut req);
     let app = app.clone();

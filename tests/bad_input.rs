@@ -357,3 +357,33 @@ async fn bad_http_requests_get_the_status_that_fits() {
     let response = http_raw(a, huge_head.as_bytes());
     assert_eq!(response.status, 431);
 }
+
+#[async_std::test]
+async fn connections_beyond_the_limit_are_refused_before_the_upgrade() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let (_a, _) = Client::welcomed(&server.ws_url("?user=a")).await;
+    let (_b, _) = Client::welcomed(&server.ws_url("?user=b")).await;
+    let refused = Client::try_connect(&server.ws_url("?user=c")).await;
+    match refused {
+        Err(async_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+        }
+        other => panic!(
+            "expected a 503 answer, got {:?}",
+            other.map(|_| "a connection")
+        ),
+    }
+    drop(_a);
+    // Once one leaves, a new one gets in.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while Client::try_connect(&server.ws_url("?user=d"))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a connection left"
+        );
+        async_std::task::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -172,6 +172,20 @@ impl Client {
         }
     }
 
+    /// The next frame, or None once the connection has ended.
+    pub async fn recv_raw(&mut self) -> Option<Value> {
+        if let Some(frame) = self.early.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(text.as_str()).ok(),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     pub async fn next_message(&mut self) -> Message {
         match async_std::future::timeout(WAIT, self.ws.next()).await {
             Ok(Some(Ok(message))) => message,
@@ -479,6 +493,16 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         self.try_cli(args)
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    /// Sends a signal by name (STOP, CONT, …) to the server.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} redis-server failed");
     }
 
     /// Kills the server with SIGKILL.

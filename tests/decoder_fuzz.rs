@@ -1,0 +1,130 @@
+//! Property tests for the frame decoder and the field validators: arbitrary
+//! input never panics, and whatever is accepted follows PROTOCOL.md's rules.
+//! The case count is bounded so that `make test` stays quick; raise it with
+//! PROPTEST_CASES for a longer run.
+
+use parlor::fields::{Ref, Room, Text, User};
+use parlor::protocol::{decode, Limits, Request};
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+fn limits() -> Limits {
+    Limits {
+        max_text_bytes: 4096,
+        max_page: 1000,
+        default_page: 50,
+    }
+}
+
+/// Arbitrary JSON values, nested a few levels.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        ".{0,80}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec(("[a-z]{1,8}", inner), 0..6)
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+/// Frames that look like requests: a known type and a random mix of the
+/// protocol's field names with random values.
+fn request_like() -> impl Strategy<Value = String> {
+    let kind = prop_oneof![
+        Just("join"),
+        Just("leave"),
+        Just("send"),
+        Just("history"),
+        Just("typing"),
+        Just("presence"),
+        Just("other"),
+    ];
+    let field = prop_oneof![
+        Just("room"),
+        Just("text"),
+        Just("ref"),
+        Just("since"),
+        Just("epoch"),
+        Just("history"),
+        Just("before"),
+        Just("limit"),
+        Just("extra"),
+    ];
+    (kind, prop::collection::vec((field, json_value()), 0..6)).prop_map(|(kind, fields)| {
+        let mut object = Map::new();
+        object.insert("type".into(), json!(kind));
+        for (name, value) in fields {
+            object.insert(name.into(), value);
+        }
+        Value::Object(object).to_string()
+    })
+}
+
+fn check_accepted(frame: &str) {
+    let room = Room::parse("general").unwrap();
+    if let Ok(decoded) = decode(frame, Some(&room), &limits()) {
+        if let Some(reference) = &decoded.reference {
+            assert!((1..=64).contains(&reference.as_str().len()));
+        }
+        match decoded.request {
+            Request::Send { room, text } => {
+                assert!(Room::parse(room.as_str()).is_ok());
+                assert!(text.as_str().len() <= 4096 && !text.as_str().trim().is_empty());
+            }
+            Request::History { limit, .. } => assert!((1..=1000).contains(&limit)),
+            Request::Join { room, .. }
+            | Request::Leave { room }
+            | Request::Typing { room }
+            | Request::Presence { room } => assert!(Room::parse(room.as_str()).is_ok()),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_text_never_panics(frame in ".{0,300}") {
+        check_accepted(&frame);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(value in json_value()) {
+        check_accepted(&value.to_string());
+    }
+
+    #[test]
+    fn request_like_frames_are_decoded_or_refused_cleanly(frame in request_like()) {
+        check_accepted(&frame);
+    }
+
+    #[test]
+    fn validators_accept_only_what_the_rules_allow(raw in ".{0,100}") {
+        if let Ok(room) = Room::parse(&raw) {
+            prop_assert!((1..=64).contains(&room.as_str().len()));
+            prop_assert!(room.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)));
+        }
+        if let Ok(user) = User::parse(&raw) {
+            prop_assert!((1..=64).contains(&user.as_str().chars().count()));
+            prop_assert!(!user.as_str().chars().any(char::is_control));
+            prop_assert_eq!(user.as_str(), raw.trim());
+        }
+        if let Ok(reference) = Ref::parse(&raw) {
+            prop_assert!(reference.as_str().bytes().all(|b| (0x20..=0x7e).contains(&b)));
+        }
+        if let Ok(text) = Text::parse(raw.clone(), 50) {
+            prop_assert_eq!(text.as_str(), raw.as_str());
+            prop_assert!(text.as_str().len() <= 50);
+        }
+    }
+}

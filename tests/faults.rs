@@ -1,0 +1,236 @@
+//! Faults that real deployments meet, with Redis processes the tests start,
+//! stop and kill: every message that was acked reaches every member once, in
+//! order, and parlor recovers by itself.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{follow, get, http, messages, Client, Redis, Server};
+use serde_json::json;
+
+fn instance(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--redis-timeout-ms", "500"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Posts a message with a ref, retrying with the same ref while the store is
+/// unavailable, as a careful client does. Returns the id.
+async fn post_until_acked(addr: &str, room: &str, text: &str, reference: &str) -> u64 {
+    let body = json!({"user":"writer","text":text,"ref":reference}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = http(
+            addr,
+            "POST",
+            &format!("/rooms/{room}/messages"),
+            Some("application/json"),
+            body.as_bytes(),
+        );
+        match response.status {
+            201 => return response.json()["id"].as_u64().unwrap(),
+            503 => assert_eq!(response.error_code(), "unavailable"),
+            other => panic!("unexpected answer {other}: {}", response.body),
+        }
+        assert!(Instant::now() < deadline, "{text} was never acked");
+        async_std::task::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `/readyz` answers `status`.
+async fn ready_becomes(server: &Server, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&server.addr, "/readyz").status != status {
+        assert!(Instant::now() < deadline, "/readyz did not become {status}");
+        async_std::task::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads `count` messages on each client and checks ids 1..=count, in order,
+/// once, with the texts in `texts` each exactly once.
+async fn all_delivered(clients: &mut [Client], room: &str, texts: &[String]) {
+    for client in clients {
+        let got = messages(client, room, texts.len()).await;
+        let ids: Vec<u64> = got.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        assert!(
+            ids == (1..=texts.len() as u64).collect::<Vec<_>>(),
+            "ids out of order or missing: {ids:?}"
+        );
+        let seen: HashSet<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+        assert_eq!(seen.len(), texts.len(), "a text came twice");
+        assert!(texts.iter().all(|t| seen.contains(t.as_str())));
+    }
+}
+
+#[async_std::test]
+async fn redis_killed_and_restarted_with_its_data_loses_nothing_acked() {
+    let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let a = instance(&redis, &[]);
+    let b = instance(&redis, &[]);
+    let mut readers = Vec::new();
+    for server in [&a, &b] {
+        let (mut c, _) = Client::welcomed(&server.ws_url("?user=reader")).await;
+        c.join(json!({"type":"join","room":"aof","history":0}))
+            .await;
+        readers.push(c);
+    }
+    let mut texts = Vec::new();
+    for i in 1..=20 {
+        let text = format!("before {i}");
+        post_until_acked(&a.addr, "aof", &text, &format!("b{i}")).await;
+        texts.push(text);
+    }
+    redis.kill();
+    ready_becomes(&a, 503).await;
+    // Longer than any client library's default retry budget.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(7) {
+        let refused_now = http(
+            &b.addr,
+            "POST",
+            "/rooms/aof/messages",
+            Some("application/json"),
+            br#"{"user":"w","text":"lost"}"#,
+        );
+        assert_eq!(
+            (refused_now.status, refused_now.error_code().as_str()),
+            (503, "unavailable")
+        );
+        async_std::task::sleep(Duration::from_millis(500)).await;
+    }
+    redis.restart();
+    for i in 1..=20 {
+        let text = format!("after {i}");
+        let server = if i % 2 == 0 { &a } else { &b };
+        post_until_acked(&server.addr, "aof", &text, &format!("a{i}")).await;
+        texts.push(text);
+    }
+    ready_becomes(&a, 200).await;
+    ready_becomes(&b, 200).await;
+    // The members' connections stayed open through it all.
+    all_delivered(&mut readers, "aof", &texts).await;
+}
+
+#[async_std::test]
+async fn redis_restarted_empty_gives_rooms_a_new_epoch() {
+    let mut redis = Redis::start();
+    let a = instance(&redis, &[]);
+    let (mut live, _) = Client::welcomed(&a.ws_url("?user=live")).await;
+    let (joined, _, _) = live.join(json!({"type":"join","room":"e"})).await;
+    let old_epoch = joined["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=3 {
+        post_until_acked(&a.addr, "e", &format!("old {i}"), &format!("o{i}")).await;
+    }
+    messages(&mut live, "e", 3).await;
+    redis.restart();
+    let id = post_until_acked(&a.addr, "e", "new 1", "n1").await;
+    assert_eq!(id, 1, "numbering begins again");
+    let (rejoined, _) = live.recv_type("joined").await;
+    let new_epoch = rejoined["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new_epoch, old_epoch);
+    assert_eq!(live.recv().await["text"], "new 1");
+    let (mut back, _) = Client::welcomed(&a.ws_url("?user=back")).await;
+    let (joined, _, replayed) = back
+        .join(json!({"type":"join","room":"e","since":3,"epoch":old_epoch}))
+        .await;
+    assert_eq!(joined["epoch"], new_epoch.as_str());
+    assert_eq!(replayed["truncated"], true);
+}
+
+#[async_std::test]
+async fn a_paused_redis_delays_but_loses_nothing() {
+    let redis = Redis::start();
+    let a = instance(&redis, &[]);
+    let b = instance(&redis, &[]);
+    let mut readers = Vec::new();
+    for server in [&a, &b] {
+        let (mut c, _) = Client::welcomed(&server.ws_url("?user=reader")).await;
+        c.join(json!({"type":"join","room":"pause","history":0}))
+            .await;
+        readers.push(c);
+    }
+    let mut texts = Vec::new();
+    for i in 1..=10 {
+        let text = format!("m{i}");
+        post_until_acked(&a.addr, "pause", &text, &format!("r{i}")).await;
+        texts.push(text);
+    }
+    redis.signal("STOP");
+    // While Redis is stopped, a send is answered `unavailable`, not left hanging.
+    let started = Instant::now();
+    let refused = http(
+        &b.addr,
+        "POST",
+        "/rooms/pause/messages",
+        Some("application/json"),
+        br#"{"user":"writer","text":"m11","ref":"r11"}"#,
+    );
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (503, "unavailable")
+    );
+    let answered_in = started.elapsed();
+    async_std::task::sleep(Duration::from_secs(2)).await;
+    redis.signal("CONT");
+    // The refused send is retried with its ref: stored once whatever happened to the first try.
+    for i in 11..=20 {
+        let text = format!("m{i}");
+        post_until_acked(&b.addr, "pause", &text, &format!("r{i}")).await;
+        texts.push(text);
+    }
+    all_delivered(&mut readers, "pause", &texts).await;
+    assert!(
+        answered_in < Duration::from_secs(10),
+        "a send during the pause took {answered_in:?}"
+    );
+}
+
+#[async_std::test]
+async fn clients_of_a_killed_instance_resume_on_another_without_loss() {
+    let redis = Redis::start();
+    let mut a = instance(&redis, &["--rate", "100000", "--burst", "100000"]);
+    let b = instance(&redis, &["--rate", "100000", "--burst", "100000"]);
+    const TOTAL: u64 = 400;
+    let b_url = b.ws_url("?user=writer");
+    let writer = async_std::task::spawn(async move {
+        let (mut w, _) = Client::welcomed(&b_url).await;
+        for i in 1..=TOTAL {
+            assert_eq!(w.say("kill", &format!("m{i}")).await, i);
+            if i % 20 == 0 {
+                async_std::task::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // A reader on the instance that is about to die.
+    let (mut reader, _) = Client::welcomed(&a.ws_url("?user=reader")).await;
+    reader
+        .join(json!({"type":"join","room":"kill","history":0}))
+        .await;
+    let first = messages(&mut reader, "kill", 20).await;
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10));
+    // What it saw before the kill, then the rest from the other instance.
+    let mut last = first.last().unwrap()["id"].as_u64().unwrap();
+    loop {
+        match async_std::future::timeout(Duration::from_secs(5), reader.recv_raw()).await {
+            Ok(Some(frame)) if frame["type"] == "message" => {
+                let id = frame["id"].as_u64().unwrap();
+                assert_eq!(id, last + 1);
+                last = id;
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    let b_reader = b.ws_url("?user=reader");
+    let (rest, _) = follow(&b_reader, "kill", last, TOTAL).await;
+    assert!(
+        rest == ((last + 1)..=TOTAL).collect::<Vec<_>>(),
+        "resumed from {last}: {} ids",
+        rest.len()
+    );
+    writer.await;
+}
