@@ -1,9 +1,8 @@
 //! The state every connection and request of one instance shares, and the
 //! operations that WebSocket and HTTP have in common.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use event_listener::Event;
@@ -12,7 +11,6 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::flag::Flag;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
 use crate::protocol::Limits;
 use crate::rooms::{ConnId, Rooms};
 use crate::store::{Draft, Page, Slice, Store, Stored};
@@ -77,41 +75,33 @@ impl App {
     }
 }
 
-/// The open WebSocket connections, so that shutdown can close each one and
-/// wait for them to finish.
+/// The open WebSocket connections, counted for `--max-connections` and so
+/// that shutdown can wait for them to finish.
 #[derive(Default)]
 pub struct Connections {
-    open: Mutex<HashMap<ConnId, Outbox>>,
+    open: AtomicUsize,
     next_id: AtomicU64,
     /// Notified whenever a connection goes away.
     gone: Event,
 }
 
 impl Connections {
-    pub fn add(&self, outbox: Outbox) -> ConnId {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().insert(id, outbox);
-        id
+    pub fn add(&self) -> ConnId {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn remove(&self, id: ConnId) {
-        self.lock().remove(&id);
+    pub fn remove(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
         self.gone.notify(usize::MAX);
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.open.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Closes every connection with `code` after what is already queued for it.
-    pub fn close_all(&self, code: u16, reason: &'static str) {
-        for outbox in self.lock().values() {
-            outbox.close(code, reason);
-        }
     }
 
     /// Resolves when no connection is left.
@@ -126,9 +116,5 @@ impl Connections {
             }
             listener.await;
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Outbox>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

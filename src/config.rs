@@ -94,6 +94,11 @@ pub struct Flags {
     #[argh(option)]
     pub outbox: Option<usize>,
 
+    /// milliseconds a client may take to send its request headers before the
+    /// connection is closed [PARLOR_HEADER_TIMEOUT_MS, default 10000]
+    #[argh(option)]
+    pub header_timeout_ms: Option<u64>,
+
     /// seconds to let connections drain on SIGTERM or SIGINT before exiting
     /// [PARLOR_DRAIN_SECONDS, default 10]
     #[argh(option)]
@@ -138,6 +143,7 @@ pub struct Config {
     pub rate: u32,
     pub burst: u32,
     pub outbox: usize,
+    pub header_timeout_ms: u64,
     pub drain_seconds: u64,
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
@@ -186,6 +192,12 @@ impl Config {
             rate: pick(flags.rate, &env, "PARLOR_RATE", 100)?,
             burst: pick(flags.burst, &env, "PARLOR_BURST", 200)?,
             outbox: pick(flags.outbox, &env, "PARLOR_OUTBOX", 4096)?,
+            header_timeout_ms: pick(
+                flags.header_timeout_ms,
+                &env,
+                "PARLOR_HEADER_TIMEOUT_MS",
+                10_000,
+            )?,
             drain_seconds: pick(flags.drain_seconds, &env, "PARLOR_DRAIN_SECONDS", 10)?,
             log_level: match flags
                 .log_level
@@ -230,6 +242,7 @@ impl Config {
             ("--replay-cap", self.replay_cap),
             ("--rate", self.rate as usize),
             ("--burst", self.burst as usize),
+            ("--header-timeout-ms", self.header_timeout_ms as usize),
         ];
         for (flag, value) in positive {
             if value == 0 {

@@ -44,7 +44,7 @@ pub struct Params {
 /// Serves one upgraded WebSocket until it closes.
 pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params) {
     let (outbox, writer) = Outbox::new(app.config.outbox);
-    let id = app.connections.add(outbox.clone());
+    let id = app.connections.add();
     app.metrics.connection_opened();
     let (sender, mut receiver) = ws.split();
     let writer = async_std::task::spawn(writer.run(sender));
@@ -113,7 +113,7 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
     // and the client might never see the close code.
     let drain = async { while let Some(Ok(_)) = receiver.next().await {} };
     let _ = async_std::future::timeout(CLOSE_GRACE, futures_lite::future::zip(writer, drain)).await;
-    app.connections.remove(id);
+    app.connections.remove();
     app.metrics.connection_closed();
     log::debug!("connection {id} closed");
 }

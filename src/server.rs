@@ -12,20 +12,16 @@ use hyper::service::service_fn;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::app::App;
-use crate::outbox::GOING_AWAY;
 use crate::routes;
 
-/// How long a client may take to send its request headers. Without a timer,
-/// hyper would silently wait forever (a slow-loris client costs a socket).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head hyper buffers.
 const MAX_HEAD: usize = 16 * 1024;
 /// How long to wait before accepting again when accept fails (out of file
 /// descriptors, say), rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `listener` until `app.shutdown` is set, then closes every WebSocket
-/// with 1001 and waits (up to the drain time) for them to finish.
+/// Serves `listener` until `app.shutdown` is set, then waits (up to the drain
+/// time) for every connection to answer what it read and close with 1001.
 pub async fn run(app: Arc<App>, listener: TcpListener) {
     let accept = async {
         loop {
@@ -43,10 +39,10 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
     };
     accept.or(app.shutdown.wait()).await;
     drop(listener);
+    // Each connection sees the same signal: it finishes the request in hand,
+    // so every send it read is answered, then closes with 1001.
     let open = app.connections.len();
     log::info!("shutting down: closing {open} WebSocket connection(s) with 1001");
-    app.connections
-        .close_all(GOING_AWAY, "server shutting down");
     let drain = Duration::from_secs(app.config.drain_seconds);
     if async_std::future::timeout(drain, app.connections.drained())
         .await
@@ -67,10 +63,13 @@ async fn serve_http(app: Arc<App>, stream: TcpStream) {
         let app = service_app.clone();
         async move { Ok::<_, Infallible>(routes::handle(app, req).await) }
     });
+    // Without a timer, hyper would silently wait forever for request headers
+    // (a slow-loris client costs a socket); with one, it gives up after
+    // --header-timeout-ms.
     let mut builder = http1::Builder::new();
     builder
         .timer(SmolTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(Duration::from_millis(app.config.header_timeout_ms))
         .max_buf_size(MAX_HEAD);
     let mut conn = std::pin::pin!(builder
         .serve_connection(FuturesIo::new(stream), service)

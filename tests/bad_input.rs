@@ -387,3 +387,25 @@ async fn connections_beyond_the_limit_are_refused_before_the_upgrade() {
         async_std::task::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[async_std::test]
+async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
+    let server = Server::start(&["--header-timeout-ms", "300"]);
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    let mut answer = Vec::new();
+    // The server gives up on the request and closes the connection; reading
+    // to the end returns instead of waiting for the client's next byte.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // Meanwhile the server still serves everyone else.
+    assert_eq!(get(&server.addr, "/healthz").status, 200);
+}

@@ -50,9 +50,11 @@ async fn ready_becomes(server: &Server, status: u16) {
 }
 
 /// Reads `count` messages on each client and checks ids 1..=count, in order,
-/// once, with the texts in `texts` each exactly once.
-async fn all_delivered(clients: &mut [Client], room: &str, texts: &[String]) {
-    for client in clients {
+/// once, with the texts in `texts` each exactly once; then says so on stderr
+/// (`cargo test -- --nocapture` shows the figures).
+async fn all_delivered(fault: &str, clients: &mut [Client], room: &str, texts: &[String]) {
+    let members = clients.len();
+    for client in clients.iter_mut() {
         let got = messages(client, room, texts.len()).await;
         let ids: Vec<u64> = got.iter().map(|m| m["id"].as_u64().unwrap()).collect();
         assert!(
@@ -63,6 +65,11 @@ async fn all_delivered(clients: &mut [Client], room: &str, texts: &[String]) {
         assert_eq!(seen.len(), texts.len(), "a text came twice");
         assert!(texts.iter().all(|t| seen.contains(t.as_str())));
     }
+    eprintln!(
+        "FAULT {fault}: acked {}, each of {members} members got {} in order, lost 0, duplicated 0",
+        texts.len(),
+        texts.len()
+    );
 }
 
 #[async_std::test]
@@ -111,7 +118,13 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_acked() {
     ready_becomes(&a, 200).await;
     ready_becomes(&b, 200).await;
     // The members' connections stayed open through it all.
-    all_delivered(&mut readers, "aof", &texts).await;
+    all_delivered(
+        "redis killed, 7 s down, restarted with AOF",
+        &mut readers,
+        "aof",
+        &texts,
+    )
+    .await;
 }
 
 #[async_std::test]
@@ -138,6 +151,7 @@ async fn redis_restarted_empty_gives_rooms_a_new_epoch() {
         .await;
     assert_eq!(joined["epoch"], new_epoch.as_str());
     assert_eq!(replayed["truncated"], true);
+    eprintln!("FAULT redis restarted empty: live member got joined with a new epoch and id 1; rejoin with the old epoch was truncated");
 }
 
 #[async_std::test]
@@ -181,7 +195,7 @@ async fn a_paused_redis_delays_but_loses_nothing() {
         post_until_acked(&b.addr, "pause", &text, &format!("r{i}")).await;
         texts.push(text);
     }
-    all_delivered(&mut readers, "pause", &texts).await;
+    all_delivered("redis paused 2 s (SIGSTOP)", &mut readers, "pause", &texts).await;
     assert!(
         answered_in < Duration::from_secs(10),
         "a send during the pause took {answered_in:?}"
@@ -233,4 +247,48 @@ async fn clients_of_a_killed_instance_resume_on_another_without_loss() {
         rest.len()
     );
     writer.await;
+}
+
+#[async_std::test]
+async fn sigterm_answers_what_it_read_closes_with_1001_and_exits_0() {
+    let redis = Redis::start();
+    let mut a = instance(&redis, &["--rate", "100000", "--burst", "100000"]);
+    let (mut c, _) = Client::welcomed(&a.ws_url("?user=writer")).await;
+    for i in 1..=300 {
+        c.send(json!({"type":"send","room":"term","text":format!("m{i}"),"ref":format!("t{i}")}))
+            .await;
+    }
+    a.signal("TERM");
+    let mut acked = HashSet::new();
+    loop {
+        match c.next_message().await {
+            async_tungstenite::tungstenite::Message::Text(text) => {
+                let frame: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(frame["type"], "ack", "{frame}");
+                acked.insert(frame["id"].as_u64().unwrap());
+            }
+            async_tungstenite::tungstenite::Message::Close(close) => {
+                assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let status = a.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0));
+    // What was stored is exactly what was acked: no send was half done.
+    let b = instance(&redis, &[]);
+    let stored = get(&b.addr, "/rooms/term/messages?since=0&limit=1000").json();
+    let stored: HashSet<u64> = stored["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stored, acked);
+    eprintln!(
+        "FAULT sigterm: acked {}, stored {}",
+        acked.len(),
+        stored.len()
+    );
 }

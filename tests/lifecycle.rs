@@ -147,3 +147,51 @@ async fn an_unusable_port_is_one_clear_line_and_a_failure() {
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&output.stderr).lines().count(), 1);
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[async_std::test]
+async fn a_slow_reader_costs_bounded_memory() {
+    let server = Server::start(&[
+        "--outbox",
+        "64",
+        "--history",
+        "100",
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ]);
+    let (mut stalled, _) = Client::welcomed(&server.ws_url("?user=stalled")).await;
+    stalled
+        .join(json!({"type":"join","room":"big","history":0}))
+        .await;
+    let (mut writer, _) = Client::welcomed(&server.ws_url("?user=writer")).await;
+    let text = "y".repeat(4000);
+    // Warm up, so the baseline includes the server's steady buffers.
+    for _ in 0..200 {
+        writer.say("warm", &text).await;
+    }
+    let before = rss_kib(server.pid());
+    // 40 MB of messages for a member that never reads.
+    for _ in 0..10_000 {
+        writer
+            .send(json!({"type":"send","room":"big","text":text}))
+            .await;
+        let ack = writer.recv().await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let after = rss_kib(server.pid());
+    let growth_mib = after.saturating_sub(before) / 1024;
+    eprintln!("slow reader: parlor's memory grew by {growth_mib} MiB while 40 MB were sent to it");
+    assert!(
+        growth_mib < 24,
+        "memory grew by {growth_mib} MiB for one stalled reader"
+    );
+    drop(stalled);
+}
