@@ -94,6 +94,10 @@ async fn a_slow_reader_is_closed_with_1013_and_catches_up_with_since() {
         metrics.contains("parlor_slow_reader_closes_total 1\n"),
         "{metrics}"
     );
+    eprintln!(
+        "FAULT slow reader: acked {COUNT}; closed with 1013 after {last_seen}, rejoin replayed {}; lost 0, duplicated 0",
+        COUNT - last_seen
+    );
 }
 
 async fn shutdown_on(signal: &str) {
