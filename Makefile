@@ -1,6 +1,6 @@
 # parlor. `make run` serves on PORT (default 8080) with the embedded store, or
 # on Redis with REDIS_URL; `make test` runs every test (it installs
-# redis-server first where it is missing).
+# redis-server, chromium and chromedriver first where they are missing).
 #
 #   make run PORT=8082
 #   make redis                                   # a local Redis on REDIS_PORT (6379)
@@ -12,7 +12,7 @@ REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint fmt client redis redis-server clean
+.PHONY: build run test lint fmt client deps redis clean
 
 build:
 	$(CARGO) build --release
@@ -20,8 +20,9 @@ build:
 run: build
 	$(RUN_ENV) ./target/release/parlor
 
-# The tests start redis-server processes of their own, on free ports.
-test: redis-server
+# The tests start redis-server, chromedriver and headless Chromium processes
+# of their own, on free ports.
+test: deps
 	$(CARGO) test --all-targets
 
 lint:
@@ -35,14 +36,20 @@ client:
 	$(CARGO) run --release --example client -- --url ws://localhost:$(or $(PORT),8080) \
 	  --room $(or $(ROOM),general) --user $(or $(NAME),$(USER),guest)
 
-# Installs redis-server (Debian's package) when the machine lacks it.
-redis-server:
-	@command -v redis-server >/dev/null || { \
-	  echo "redis-server is missing: installing Debian's redis-server package"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+# Debian packages the tests need, as command=package; `make deps` installs
+# the ones whose command is missing.
+DEPS := redis-server=redis-server chromium=chromium chromedriver=chromium-driver
+
+deps:
+	@missing=""; for pair in $(DEPS); do command -v $${pair%%=*} >/dev/null || missing="$$missing $${pair#*=}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 # A local Redis for the demo, with an append-only file in target/redis.
-redis: redis-server
+redis:
+	@$(MAKE) --no-print-directory deps DEPS=redis-server=redis-server
 	@if redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
 	  echo "a Redis already answers on port $(REDIS_PORT)"; \
 	else \

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod memory_store;
 pub mod metrics;
 pub mod outbox;
+pub mod page;
 pub mod protocol;
 pub mod redis_store;
 pub mod rooms;

@@ -22,6 +22,7 @@ use crate::connection::{self, Params};
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Ref, Room, Text, User};
 use crate::metrics;
+use crate::page;
 use crate::protocol::{self, Replay};
 use crate::store::{Draft, Epoch, Slice};
 
@@ -48,9 +49,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
     match segments.as_slice() {
-        [""] => {
-            allow(&req, &[Method::GET])?;
-            Ok(page())
+        ["" | "app.js" | "app.css"] => {
+            allow(&req, &[Method::GET, Method::HEAD])?;
+            let asset = page::asset(&path).expect("the page has these files");
+            Ok(page_file(&req, asset))
         }
         ["healthz"] => {
             allow(&req, &[Method::GET])?;
@@ -153,21 +155,40 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
-fn page() -> Response<Body> {
-    let mut response = Response::new(Body::from(include_str!("page.html")));
+/// A file of the page, or 304 when the browser has it already.
+fn page_file(req: &Request<Incoming>, asset: &page::Asset) -> Response<Body> {
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag));
+    let mut response = if fresh {
+        let mut response = Response::new(Body::default());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else if req.method() == Method::HEAD {
+        Response::new(Body::default())
+    } else {
+        Response::new(Body::from(asset.body))
+    };
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+        HeaderValue::from_static(asset.content_type),
     );
+    headers.insert(header::ETAG, HeaderValue::from_static(asset.etag));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'self' 'unsafe-inline'"),
+        HeaderValue::from_static(page::CONTENT_SECURITY_POLICY),
     );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
     );
     response
 }

@@ -27,8 +27,22 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
+        Self::start_on(0, args)
+    }
+
+    /// Starts on a given port (0: a free one), for restarting an instance
+    /// where its clients will look for it.
+    pub fn start_on(port: u16, args: &[&str]) -> Server {
+        let port = port.to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_parlor"))
-            .args(["--port", "0", "--bind", "127.0.0.1", "--log-format", "text"])
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--log-format",
+                "text",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,282 @@
+//! The web chat page in a real headless Chromium, driven over WebDriver:
+//! two pages on two instances over one Redis chat both ways; one instance
+//! stops while the other page keeps sending and starts again on its port; the
+//! first page reconnects by itself and shows what was sent meanwhile exactly
+//! once, in order; markup in a message is shown as text.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`make test` installs them
+//! where they are missing); the test fails, loudly, without them.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{free_port, http, Redis, Server, WAIT};
+use serde_json::{json, Value};
+
+/// A chromedriver process, killed when dropped.
+struct Driver {
+    child: Child,
+    addr: String,
+    profile: std::path::PathBuf,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test needs chromedriver (apt-get install chromium chromium-driver): {e}"
+                )
+            });
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile =
+            std::env::temp_dir().join(format!("parlor-browser-{}-{port}", std::process::id()));
+        Driver {
+            child,
+            addr,
+            profile,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let response = http(
+            &self.addr,
+            method,
+            path,
+            Some("application/json"),
+            body.as_bytes(),
+        );
+        let value = response.json();
+        assert!(
+            response.status == 200,
+            "WebDriver {method} {path}: {}",
+            response.body
+        );
+        value["value"].clone()
+    }
+
+    /// A new browser window with its own profile (so its own localStorage).
+    fn page(&self, name: &str) -> Page<'_> {
+        let profile = self.profile.join(name);
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--no-first-run", "--window-size=900,640",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let session = self.call("POST", "/session", Some(capabilities));
+        Page {
+            driver: self,
+            id: session["sessionId"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+struct Page<'a> {
+    driver: &'a Driver,
+    id: String,
+}
+
+impl Page<'_> {
+    fn open(&self, url: &str) {
+        self.driver.call(
+            "POST",
+            &format!("/session/{}/url", self.id),
+            Some(json!({"url": url})),
+        );
+    }
+
+    /// Runs JavaScript in the page and returns its result.
+    fn eval(&self, script: &str) -> Value {
+        self.driver.call(
+            "POST",
+            &format!("/session/{}/execute/sync", self.id),
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    /// Polls a JavaScript condition until it is true.
+    fn wait_for(&self, what: &str, condition: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.eval(&format!("return !!({condition});")) != json!(true) {
+            assert!(
+                Instant::now() < deadline,
+                "page {}: {what} did not happen within {WAIT:?}",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_in(&self, name: &str) {
+        self.eval(&format!(
+            "document.getElementById('name').value = {}; document.getElementById('login').requestSubmit();",
+            json!(name)
+        ));
+        self.wait_for(
+            "connecting",
+            "document.getElementById('status').dataset.state === 'connected'",
+        );
+    }
+
+    fn say(&self, text: &str) {
+        self.eval(&format!(
+            "document.getElementById('text').value = {}; document.getElementById('composer').requestSubmit();",
+            json!(text)
+        ));
+    }
+
+    /// The texts of the messages shown, in order.
+    fn texts(&self) -> Vec<String> {
+        let value = self.eval("return [...document.querySelectorAll('#messages li.message .text')].map(e => e.textContent);");
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn wait_for_text(&self, text: &str) {
+        self.wait_for(
+            &format!("message {text:?}"),
+            &format!("[...document.querySelectorAll('#messages li.message .text')].some(e => e.textContent === {})", json!(text)),
+        );
+    }
+
+    fn screenshot(&self, path: &std::path::Path) {
+        let png = self
+            .driver
+            .call("GET", &format!("/session/{}/screenshot", self.id), None);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+impl Drop for Page<'_> {
+    fn drop(&mut self) {
+        let _ = http(
+            &self.driver.addr,
+            "DELETE",
+            &format!("/session/{}", self.id),
+            None,
+            b"",
+        );
+    }
+}
+
+#[async_std::test]
+async fn two_pages_on_two_instances_chat_and_survive_a_restart() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let port_a = free_port();
+    let mut a = Server::start_on(port_a, &["--redis", &url]);
+    let b = Server::start(&["--redis", &url]);
+    let driver = Driver::start();
+    let one = driver.page("one");
+    let two = driver.page("two");
+    one.open(&format!("http://{}/", a.addr));
+    two.open(&format!("http://{}/", b.addr));
+    one.log_in("ana");
+    two.log_in("ben");
+
+    one.say("hello from one");
+    two.wait_for_text("hello from one");
+    two.say("hello from two");
+    one.wait_for_text("hello from two");
+
+    // Instance A stops; page one notices and keeps trying.
+    a.signal("TERM");
+    a.wait_exit(WAIT);
+    one.wait_for(
+        "noticing the server is gone",
+        "document.getElementById('status').dataset.state !== 'connected'",
+    );
+    for i in 1..=3 {
+        two.say(&format!("while one was away {i}"));
+    }
+    two.wait_for_text("while one was away 3");
+
+    // A comes back on the same port; page one reconnects by itself.
+    let _a = Server::start_on(port_a, &["--redis", &url]);
+    one.wait_for(
+        "reconnecting",
+        "document.getElementById('status').dataset.state === 'connected'",
+    );
+    one.wait_for_text("while one was away 3");
+    let expected: Vec<String> = [
+        "hello from one",
+        "hello from two",
+        "while one was away 1",
+        "while one was away 2",
+        "while one was away 3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(one.texts(), expected, "each message once, in order");
+
+    // Markup is text.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    let attack = "<img src=x onerror=alert(1)>";
+    two.say(attack);
+    one.wait_for_text(attack);
+    assert_eq!(
+        one.eval("return document.querySelectorAll('#messages img').length;"),
+        json!(0)
+    );
+    assert_eq!(one.texts().last().map(String::as_str), Some(attack));
+    // For looking at (docs/screenshots has a copy of a run's pictures).
+    two.wait_for_text(attack);
+    one.screenshot(&shots.join("page-on-instance-a.png"));
+    two.screenshot(&shots.join("page-on-instance-b.png"));
+
+    // Scrolling up loads older messages.
+    for i in 1..=120 {
+        let body = json!({"user":"bot","text":format!("old {i}")}).to_string();
+        assert_eq!(
+            http(
+                &b.addr,
+                "POST",
+                "/rooms/archive/messages",
+                Some("application/json"),
+                body.as_bytes()
+            )
+            .status,
+            201
+        );
+    }
+    two.eval("document.getElementById('room-name').value = 'archive'; document.getElementById('add-room').requestSubmit();");
+    two.wait_for_text("old 120");
+    assert_eq!(two.texts().len(), 50, "a join shows the last 50");
+    two.eval("document.getElementById('scroller').scrollTop = 0; document.getElementById('scroller').dispatchEvent(new Event('scroll'));");
+    two.wait_for_text("old 21");
+    let texts = two.texts();
+    assert_eq!(texts.len(), 100);
+    assert_eq!(texts.first().map(String::as_str), Some("old 21"));
+    assert_eq!(texts.last().map(String::as_str), Some("old 120"));
+}
