@@ -186,4 +186,29 @@ async fn health_readiness_metrics_and_page() {
     );
     assert!(page.header("content-security-policy").is_some());
     assert!(page.body.contains("<html"));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
+    // An unchanged page costs a 304.
+    let etag = page.header("etag").unwrap().to_owned();
+    let again = common::http_raw(
+        a,
+        format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nIf-None-Match: {etag}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(again.status, 304);
+    let script = get(a, "/app.js");
+    assert_eq!(
+        script.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(script.body.contains("textContent"));
+    assert_eq!(
+        get(a, "/app.css").header("content-type"),
+        Some("text/css; charset=utf-8")
+    );
 }
