@@ -280,3 +280,37 @@ async fn two_pages_on_two_instances_chat_and_survive_a_restart() {
     assert_eq!(texts.first().map(String::as_str), Some("old 21"));
     assert_eq!(texts.last().map(String::as_str), Some("old 120"));
 }
+
+#[async_std::test]
+async fn a_refused_message_shows_its_error_and_can_be_retried() {
+    let server = Server::start(&["--rate", "1", "--burst", "1"]);
+    let driver = Driver::start();
+    let page = driver.page("retry");
+    page.open(&format!("http://{}/", server.addr));
+    page.log_in("rita");
+    page.say("first");
+    page.say("second, too soon");
+    page.wait_for_text("first");
+    page.wait_for(
+        "the refusal to show",
+        "document.querySelector('#outgoing li.failed .retry')",
+    );
+    let failure =
+        page.eval("return document.querySelector('#outgoing li.failed .failure').textContent;");
+    assert!(
+        failure.as_str().unwrap().contains("messages per second"),
+        "{failure}"
+    );
+    // A second later the bucket has a token again: Retry sends it, once.
+    std::thread::sleep(Duration::from_millis(1100));
+    page.eval("document.querySelector('#outgoing li.failed .retry').click();");
+    page.wait_for_text("second, too soon");
+    page.wait_for(
+        "the outbox to empty",
+        "document.querySelectorAll('#outgoing li').length === 0",
+    );
+    assert_eq!(
+        page.texts(),
+        vec!["first".to_owned(), "second, too soon".to_owned()]
+    );
+}
