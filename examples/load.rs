@@ -43,6 +43,12 @@ struct Args {
     /// sends each publisher keeps in flight
     #[argh(option, default = "64")]
     window: usize,
+    /// bytes of padding added to each message's text
+    #[argh(option, default = "0")]
+    pad: usize,
+    /// members of the first room that join and then never read (slow readers)
+    #[argh(option, default = "0")]
+    stalled: usize,
     /// instead of publishing: hold this many idle connections, each joined to
     /// one room, for --hold seconds (to measure memory per connection)
     #[argh(option, default = "0")]
@@ -145,7 +151,8 @@ async fn run(args: Args) {
                     let frame = next_frame(&mut ws).await;
                     if frame["type"] == "message" {
                         let now = start.elapsed().as_micros() as u64;
-                        let sent: u64 = frame["text"].as_str().unwrap().parse().unwrap();
+                        let text = frame["text"].as_str().unwrap();
+                        let sent: u64 = text.split(' ').next().unwrap().parse().unwrap();
                         got.latencies_us.push(now.saturating_sub(sent));
                         got.ids.push(frame["id"].as_u64().unwrap());
                     }
@@ -157,6 +164,19 @@ async fn run(args: Args) {
     for _ in 0..subscribers.len() {
         ready.recv().await.unwrap();
     }
+    // Slow readers: joined to the first room, never reading; the server must
+    // cut them off without the other members noticing.
+    let mut stalled = Vec::new();
+    for i in 0..args.stalled {
+        let mut ws = connect(&args.url[i % args.url.len()], &format!("stalled{i}")).await;
+        ws.send(Message::text(
+            json!({"type":"join","room":rooms[0],"history":0}).to_string(),
+        ))
+        .await
+        .unwrap();
+        while next_frame(&mut ws).await["type"] != "replayed" {}
+        stalled.push(ws);
+    }
     let connected = start.elapsed();
 
     // Publishers: message i of publisher p goes to room (p * messages + i) % rooms.
@@ -166,13 +186,14 @@ async fn run(args: Args) {
         let url = args.url[p % args.url.len()].clone();
         let rooms = rooms.clone();
         let (messages, window) = (args.messages, args.window);
+        let padding = " ".to_owned() + &"x".repeat(args.pad);
         publishers.push(async_std::task::spawn(async move {
             let mut ws = connect(&url, &format!("pub{p}")).await;
             let (mut sent, mut acked) = (0, 0);
             while acked < messages {
                 while sent < messages && sent - acked < window {
                     let room = &rooms[(p * messages + sent) % rooms.len()];
-                    let text = start.elapsed().as_micros().to_string();
+                    let text = format!("{}{padding}", start.elapsed().as_micros());
                     ws.send(Message::text(
                         json!({"type":"send","room":room,"text":text}).to_string(),
                     ))
@@ -227,6 +248,12 @@ async fn run(args: Args) {
         expected_per_room
     );
     println!("connected and joined in {:.2}s", connected.as_secs_f64());
+    if args.stalled > 0 {
+        println!(
+            "{} stalled members in {} never read",
+            args.stalled, rooms[0]
+        );
+    }
     println!(
         "published {total} in {:.2}s: {:.0} messages/s acked (stored)",
         publish_time.as_secs_f64(),
