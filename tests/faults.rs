@@ -7,14 +7,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{follow, get, http, messages, Client, Redis, Server};
+use common::{follow, get, http, live_members, messages, on_redis, Client, Redis, Server};
 use serde_json::json;
 
 fn instance(redis: &Redis, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut args = vec!["--redis", url.as_str(), "--redis-timeout-ms", "500"];
+    let mut args = vec!["--redis-timeout-ms", "500"];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    on_redis(redis, &args)
 }
 
 /// Posts a message with a ref, retrying with the same ref while the store is
@@ -77,13 +76,7 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_acked() {
     let mut redis = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let a = instance(&redis, &[]);
     let b = instance(&redis, &[]);
-    let mut readers = Vec::new();
-    for server in [&a, &b] {
-        let (mut c, _) = Client::welcomed(&server.ws_url("?user=reader")).await;
-        c.join(json!({"type":"join","room":"aof","history":0}))
-            .await;
-        readers.push(c);
-    }
+    let mut readers = live_members(&[&a, &b], "aof").await;
     let mut texts = Vec::new();
     for i in 1..=20 {
         let text = format!("before {i}");
@@ -174,13 +167,7 @@ async fn a_paused_redis_delays_but_loses_nothing() {
     let redis = Redis::start();
     let a = instance(&redis, &[]);
     let b = instance(&redis, &[]);
-    let mut readers = Vec::new();
-    for server in [&a, &b] {
-        let (mut c, _) = Client::welcomed(&server.ws_url("?user=reader")).await;
-        c.join(json!({"type":"join","room":"pause","history":0}))
-            .await;
-        readers.push(c);
-    }
+    let mut readers = live_members(&[&a, &b], "pause").await;
     let mut texts = Vec::new();
     for i in 1..=10 {
         let text = format!("m{i}");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{follow, Client, Server};
+use common::{follow, spawn_publisher, Client, Server};
 use serde_json::json;
 
 const MESSAGES: u64 = 1500;
@@ -44,26 +44,7 @@ async fn joins_during_publishing_see_every_message_once_in_order() {
         "--outbox",
         "64",
     ]);
-    let url = server.ws_url("?user=publisher");
-    let publisher = async_std::task::spawn(async move {
-        let (mut publisher, _) = Client::welcomed(&url).await;
-        for i in 1..=MESSAGES {
-            // Not waiting for each ack keeps many publishes in flight; the
-            // pauses spread them over the time the joiners arrive in.
-            publisher
-                .send(json!({"type":"send","room":"race","text":format!("m{i}")}))
-                .await;
-            if i % 50 == 0 {
-                async_std::task::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-        let mut acks = 0;
-        while acks < MESSAGES {
-            if publisher.recv().await["type"] == "ack" {
-                acks += 1;
-            }
-        }
-    });
+    let publisher = spawn_publisher(server.ws_url("?user=publisher"), "race", MESSAGES, 50);
 
     let mut joiners = Vec::new();
     for n in 0..JOINERS {
@@ -99,24 +80,7 @@ async fn joins_during_publishing_see_every_message_once_in_order() {
 #[async_std::test]
 async fn a_join_without_since_continues_live_from_its_replay() {
     let server = Server::start(&["--rate", "100000", "--burst", "100000", "--outbox", "128"]);
-    let url = server.ws_url("?user=publisher");
-    let publisher = async_std::task::spawn(async move {
-        let (mut publisher, _) = Client::welcomed(&url).await;
-        for i in 1..=MESSAGES {
-            publisher
-                .send(json!({"type":"send","room":"recent","text":format!("m{i}")}))
-                .await;
-            if i % 50 == 0 {
-                async_std::task::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-        let mut acks = 0;
-        while acks < MESSAGES {
-            if publisher.recv().await["type"] == "ack" {
-                acks += 1;
-            }
-        }
-    });
+    let publisher = spawn_publisher(server.ws_url("?user=publisher"), "recent", MESSAGES, 50);
     let mut joiners = Vec::new();
     for n in 0..JOINERS {
         let url = server.ws_url(&format!("?user=j{n}"));

@@ -7,21 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{follow, get, ids, messages, post_json, Client, Redis, Server};
+use common::{
+    follow, get, ids, live_members, messages, on_redis, post_json, spawn_publisher, Client, Redis,
+    Server,
+};
 use serde_json::json;
 
 fn instance(redis: &Redis, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut args = vec![
-        "--redis",
-        url.as_str(),
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-    ];
+    let mut args = vec!["--rate", "100000", "--burst", "100000"];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    on_redis(redis, &args)
 }
 
 #[async_std::test]
@@ -29,13 +24,7 @@ async fn messages_reach_every_instance_in_one_order() {
     let redis = Redis::start();
     let a = instance(&redis, &[]);
     let b = instance(&redis, &[]);
-    let mut readers = Vec::new();
-    for (n, server) in [&a, &b, &a, &b].into_iter().enumerate() {
-        let (mut c, _) = Client::welcomed(&server.ws_url(&format!("?user=reader{n}"))).await;
-        c.join(json!({"type":"join","room":"town","history":0}))
-            .await;
-        readers.push(c);
-    }
+    let mut readers = live_members(&[&a, &b, &a, &b], "town").await;
     const EACH: usize = 150;
     let mut writers = Vec::new();
     for (n, server) in [&a, &b, &b].into_iter().enumerate() {
@@ -139,23 +128,7 @@ async fn joins_on_one_instance_while_another_publishes_miss_nothing() {
     let a = instance(&redis, &[]);
     let b = instance(&redis, &["--outbox", "128", "--replay-cap", "5000"]);
     const TOTAL: u64 = 1200;
-    let url = a.ws_url("?user=publisher");
-    let publisher = async_std::task::spawn(async move {
-        let (mut p, _) = Client::welcomed(&url).await;
-        for i in 1..=TOTAL {
-            p.send(json!({"type":"send","room":"race","text":format!("m{i}")}))
-                .await;
-            if i % 40 == 0 {
-                async_std::task::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        let mut acks = 0;
-        while acks < TOTAL {
-            if p.recv().await["type"] == "ack" {
-                acks += 1;
-            }
-        }
-    });
+    let publisher = spawn_publisher(a.ws_url("?user=publisher"), "race", TOTAL, 40);
     let mut joiners = Vec::new();
     for n in 0..10u64 {
         let url = b.ws_url(&format!("?user=j{n}"));
@@ -279,12 +252,7 @@ async fn killing_the_subscriber_connections_loses_nothing() {
     let redis = Redis::start();
     let a = instance(&redis, &[]);
     let b = instance(&redis, &[]);
-    let mut readers = Vec::new();
-    for (n, server) in [&a, &b].into_iter().enumerate() {
-        let (mut c, _) = Client::welcomed(&server.ws_url(&format!("?user=r{n}"))).await;
-        c.join(json!({"type":"join","room":"k","history":0})).await;
-        readers.push(c);
-    }
+    let mut readers = live_members(&[&a, &b], "k").await;
     const TOTAL: u64 = 600;
     let url = a.ws_url("?user=w");
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

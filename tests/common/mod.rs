@@ -611,3 +611,54 @@ pub async fn follow(url: &str, room: &str, since: u64, last: u64) -> (Vec<u64>, 
         reconnects += 1;
     }
 }
+
+/// A parlor instance on `redis`, with extra flags.
+pub fn on_redis(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// One member per server, joined to `room` with no history, ready for live
+/// messages.
+pub async fn live_members(servers: &[&Server], room: &str) -> Vec<Client> {
+    let mut members = Vec::new();
+    for (n, server) in servers.iter().enumerate() {
+        let (mut c, _) = Client::welcomed(&server.ws_url(&format!("?user=member{n}"))).await;
+        c.join(json!({"type":"join","room":room,"history":0})).await;
+        members.push(c);
+    }
+    members
+}
+
+/// Sends `total` messages `m1`, `m2`, … to `room` without waiting for each
+/// ack, so many are in flight, pausing 10 ms every `every` messages to spread
+/// them over time; then waits for every ack. The server must allow the rate.
+pub fn spawn_publisher(
+    url: String,
+    room: &str,
+    total: u64,
+    every: u64,
+) -> async_std::task::JoinHandle<()> {
+    let room = room.to_owned();
+    async_std::task::spawn(async move {
+        let (mut publisher, _) = Client::welcomed(&url).await;
+        for i in 1..=total {
+            publisher
+                .send(json!({"type":"send","room":room,"text":format!("m{i}")}))
+                .await;
+            if i % every == 0 {
+                async_std::task::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let mut acks = 0;
+        while acks < total {
+            let frame = publisher.recv().await;
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "ack" {
+                acks += 1;
+            }
+        }
+    })
+}
