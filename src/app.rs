@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use event_listener::Event;
 
+use crate::auth::Access;
 use crate::config::Config;
 use crate::error::Error;
 use crate::flag::Flag;
@@ -17,6 +18,8 @@ use crate::store::{Draft, Page, Slice, Store, Stored};
 
 pub struct App {
     pub config: Config,
+    /// Open, or by token when `--secret` is set.
+    pub access: Access,
     pub limits: Limits,
     pub store: Arc<Store>,
     pub rooms: Rooms,
@@ -37,6 +40,7 @@ impl App {
             metrics.clone(),
         );
         App {
+            access: Access::new(config.secret.as_deref()),
             limits: Limits {
                 max_text_bytes: config.max_text,
                 max_page: config.max_page,

@@ -113,6 +113,50 @@ pub struct Flags {
     /// a terminal, json otherwise) [PARLOR_LOG_FORMAT, default auto]
     #[argh(option)]
     pub log_format: Option<String>,
+
+    /// HS256 secret: turns auth on, so every connection and request needs a
+    /// token signed with it [PARLOR_SECRET, default: none, open to anyone]
+    #[argh(option)]
+    pub secret: Option<String>,
+
+    /// origins whose pages may open WebSockets here, comma-separated, such
+    /// as https://chat.example.com; a page served by parlor itself is always
+    /// allowed [PARLOR_ALLOWED_ORIGINS, default: any origin]
+    #[argh(option)]
+    pub allowed_origins: Option<String>,
+
+    #[argh(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Token(TokenFlags),
+}
+
+/// Print a token for a user, signed with the server's secret, to try auth
+/// without writing code.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "token")]
+pub struct TokenFlags {
+    /// the server's HS256 secret [PARLOR_SECRET]
+    #[argh(option)]
+    pub secret: Option<String>,
+
+    /// the user the token speaks for
+    #[argh(option)]
+    pub sub: String,
+
+    /// rooms the user may use, comma-separated; a name ending in * is a
+    /// prefix, such as team-* [default: every room]
+    #[argh(option)]
+    pub rooms: Option<String>,
+
+    /// how long the token is good for: 90s, 30m, 1h, 7d [default 1h]
+    #[argh(option, default = "String::from(\"1h\")")]
+    pub ttl: String,
 }
 
 /// How log lines are written.
@@ -147,6 +191,9 @@ pub struct Config {
     pub drain_seconds: u64,
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
+    pub secret: Option<String>,
+    /// `None`: any origin may connect.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl Config {
@@ -225,9 +272,25 @@ impl Config {
                     ))
                 }
             },
+            secret: Config::secret(flags.secret, &env),
+            allowed_origins: flags
+                .allowed_origins
+                .or_else(|| env("PARLOR_ALLOWED_ORIGINS"))
+                .map(|list| {
+                    list.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                }),
         };
         config.check()?;
         Ok(config)
+    }
+
+    /// The environment-or-flag secret, shared with `parlor token`.
+    pub fn secret(flag: Option<String>, env: &impl Fn(&str) -> Option<String>) -> Option<String> {
+        flag.or_else(|| env("PARLOR_SECRET"))
+            .filter(|s| !s.is_empty())
     }
 
     fn check(&self) -> Result<(), String> {

@@ -16,9 +16,10 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{FutureExt, StreamExt};
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::bucket::TokenBucket;
 use crate::error::{Error, ErrorCode};
-use crate::fields::{Ref, Room, User};
+use crate::fields::{Ref, Room};
 use crate::outbox::{Closed, Outbox, GOING_AWAY, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
 use crate::rooms::{ConnId, JoinError};
@@ -35,7 +36,8 @@ const ABUSE_RATE: u32 = 10;
 
 /// What the upgrade request's query asked for.
 pub struct Params {
-    pub user: User,
+    /// Who the connection speaks for, and which rooms its token allows.
+    pub identity: Identity,
     /// The room of `?room=`: joined at once, and the target of plain-text frames.
     pub room: Option<Room>,
     pub replay: Replay,
@@ -52,15 +54,22 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
         app: app.clone(),
         id,
         outbox: outbox.clone(),
-        user: params.user,
+        identity: params.identity,
         default_room: params.room.clone(),
         joined: HashSet::new(),
         sends: TokenBucket::new(app.config.rate, app.config.burst),
         abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
     };
-    log::debug!("connection {id} opened for {}", session.user);
+    log::debug!("connection {id} opened for {}", session.identity.user);
 
-    let welcome = protocol::welcome(&session.user, &app.config.instance, &format!("c{id:x}"));
+    let welcome = protocol::welcome(
+        &session.identity.user,
+        &app.config.instance,
+        &format!("c{id:x}"),
+    );
+    // A token that expires while connected ends the connection with 1008.
+    let expiry = session.identity.expiry();
+    let started = std::time::Instant::now();
     let mut open = outbox.push(welcome).await.is_ok();
     if let (true, Some(room)) = (open, params.room) {
         open = session.join(None, room, params.replay).await.is_ok();
@@ -73,6 +82,17 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
             })
             .or(async {
                 outbox.closed().await;
+                None
+            })
+            .or(async {
+                match expiry {
+                    Some(left) => {
+                        async_std::task::sleep(left.saturating_sub(started.elapsed())).await;
+                        log::info!("connection {id}: token expired; closing with 1008");
+                        outbox.close(POLICY, "token expired");
+                    }
+                    None => std::future::pending::<()>().await,
+                }
                 None
             })
             .await;
@@ -122,7 +142,7 @@ struct Session {
     app: Arc<App>,
     id: ConnId,
     outbox: Outbox,
-    user: User,
+    identity: Identity,
     default_room: Option<Room>,
     joined: HashSet<Room>,
     sends: TokenBucket,
@@ -140,6 +160,12 @@ impl Session {
             }
         };
         let reference = reference.as_ref();
+        // Leaving is always allowed; everything else needs the token to allow the room.
+        if !matches!(request, Request::Leave { .. }) {
+            if let Err(error) = self.identity.check(request.room()) {
+                return self.refuse(reference, error).await;
+            }
+        }
         match request {
             Request::Join { room, replay } => self.join(reference, room, replay).await,
             Request::Leave { room } => {
@@ -163,7 +189,7 @@ impl Session {
                 }
                 let draft = Draft {
                     room: room.clone(),
-                    user: self.user.clone(),
+                    user: self.identity.user.clone(),
                     text,
                     reference: reference.cloned(),
                 };

@@ -10,14 +10,17 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 
 use parlor::app::App;
-use parlor::config::{Config, Flags};
+use parlor::config::{Command, Config, Flags, TokenFlags};
 use parlor::memory_store::MemoryStore;
 use parlor::redis_store::RedisStore;
 use parlor::store::Store;
-use parlor::{logging, server};
+use parlor::{auth, logging, server};
 
 fn main() -> ExitCode {
-    let flags: Flags = argh::from_env();
+    let mut flags: Flags = argh::from_env();
+    if let Some(Command::Token(token)) = flags.command.take() {
+        return print_token(token);
+    }
     let config = match Config::from_flags(flags, |name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(e) => {
@@ -32,6 +35,31 @@ fn main() -> ExitCode {
             log::error!("{e}");
             eprintln!("parlor: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `parlor token`: prints a signed token for an operator to try auth with.
+fn print_token(flags: TokenFlags) -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    let Some(secret) = Config::secret(flags.secret, &env) else {
+        eprintln!("parlor token: give the server's secret with --secret or PARLOR_SECRET");
+        return ExitCode::from(2);
+    };
+    let rooms = flags.rooms.map(|list| {
+        list.split(',')
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect()
+    });
+    match auth::parse_ttl(&flags.ttl).and_then(|ttl| auth::issue(&secret, &flags.sub, rooms, ttl)) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("parlor token: {e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -59,6 +87,9 @@ async fn run(config: Config) -> Result<(), String> {
         }
     };
     log::info!("{}", store.describe());
+    if config.secret.is_none() {
+        log::warn!("no --secret: parlor is open, anyone can connect as any user (set PARLOR_SECRET to require tokens)");
+    }
     let app = Arc::new(App::new(config, store));
     async_std::task::spawn(app.rooms.clone().run_feed(feed));
 

@@ -55,6 +55,20 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The room the request is about.
+    pub fn room(&self) -> &Room {
+        match self {
+            Request::Join { room, .. }
+            | Request::Leave { room }
+            | Request::Send { room, .. }
+            | Request::History { room, .. }
+            | Request::Typing { room }
+            | Request::Presence { room } => room,
+        }
+    }
+}
+
 /// What a `join` replays before live messages.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Replay {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use smol_hyper::rt::FuturesIo;
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::connection::{self, Params};
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Ref, Room, Text, User};
@@ -90,6 +91,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
                 post_message(app, room, req).await
             } else {
                 allow(&req, &[Method::GET, Method::POST])?;
+                http_identity(app, &req, &room)?;
                 read_messages(app, room, &Query::parse(req.uri().query())?).await
             }
         }
@@ -238,7 +240,8 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
         return Ok(response);
     }
     let accept = derive_accept_key(key.as_bytes());
-    let params = ws_params(&Query::parse(req.uri().query())?, &app.limits)?;
+    check_origin(app, &req)?;
+    let params = ws_params(app, &req, &Query::parse(req.uri().query())?)?;
     if app.connections.len() >= app.config.max_connections {
         return Err(Error::new(
             ErrorCode::Unavailable,
@@ -295,12 +298,78 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
     Ok(response)
 }
 
-fn ws_params(query: &Query, limits: &protocol::Limits) -> Result<Params, Error> {
-    let user = match query.get("user") {
-        Some(user) => User::parse(user)?,
-        None => User::guest(),
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Refuses a browser page from an origin that `--allowed-origins` does not
+/// list, so that a page on another site cannot open a socket with a user's
+/// credentials. Clients that send no Origin (not browsers) and the page this
+/// instance serves itself are let through.
+fn check_origin(app: &App, req: &Request<Incoming>) -> Result<(), Error> {
+    let Some(allowed) = &app.config.allowed_origins else {
+        return Ok(());
+    };
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let same_origin = [format!("http://{host}"), format!("https://{host}")]
+        .iter()
+        .any(|o| o == origin);
+    if same_origin || allowed.iter().any(|o| o == origin || o == "*") {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::Forbidden,
+            format!("pages from {origin} may not connect here (--allowed-origins)"),
+        ))
+    }
+}
+
+/// Who an HTTP request acts as when auth is on: the token's user, checked
+/// against the room before anything else is read. `None` on an open server,
+/// where the request names its user.
+fn http_identity(
+    app: &App,
+    req: &Request<Incoming>,
+    room: &Room,
+) -> Result<Option<Identity>, Error> {
+    if app.access.is_open() {
+        return Ok(None);
+    }
+    let identity = app.access.identify(bearer(req), None)?;
+    if let Some(identity) = &identity {
+        identity.check(room)?;
+    }
+    Ok(identity)
+}
+
+fn ws_params(app: &App, req: &Request<Incoming>, query: &Query) -> Result<Params, Error> {
+    let limits = &app.limits;
+    let token = query.get("token").or_else(|| bearer(req));
+    let identity = match app.access.identify(token, query.get("user"))? {
+        Some(identity) => identity,
+        None => Identity::guest(),
     };
     let room = query.get("room").map(Room::parse).transpose()?;
+    if let Some(room) = &room {
+        identity.check(room)?;
+    }
     let since = query.integer("since")?;
     let history = query.integer("history")?;
     let epoch = query.get("epoch");
@@ -329,7 +398,11 @@ fn ws_params(query: &Query, limits: &protocol::Limits) -> Result<Params, Error> 
             }
         }
     };
-    Ok(Params { user, room, replay })
+    Ok(Params {
+        identity,
+        room,
+        replay,
+    })
 }
 
 #[derive(Deserialize)]
@@ -355,6 +428,7 @@ async fn post_message(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
     let query = Query::parse(req.uri().query())?;
+    let token_identity = http_identity(app, &req, &room)?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -397,12 +471,16 @@ async fn post_message(
     } else {
         (None, body, None)
     };
-    let user = user.as_deref().or(query.get("user")).ok_or_else(|| {
-        Error::bad_request("user is required: give it in the JSON body or as ?user=")
-    })?;
+    // With auth on, the token says who this is; a user in the body or query is ignored.
+    let user = match token_identity {
+        Some(identity) => identity.user,
+        None => User::parse(user.as_deref().or(query.get("user")).ok_or_else(|| {
+            Error::bad_request("user is required: give it in the JSON body or as ?user=")
+        })?)?,
+    };
     let reference = reference.as_deref().or(query.get("ref"));
     let draft = Draft {
-        user: User::parse(user)?,
+        user,
         text: Text::parse(text, app.config.max_text)?,
         reference: reference.map(Ref::parse).transpose()?,
         room: room.clone(),

@@ -1,0 +1,296 @@
+//! Who a client is and which rooms it may use: HS256 JWTs signed with the
+//! server's secret, checked before a WebSocket upgrade or an HTTP request does
+//! anything.
+//!
+//! Claims: `sub` (the user), `exp`, and optionally `rooms`, a list of room
+//! names or prefixes ending in `*`. Only HS256 is accepted, so `alg: none` and
+//! every other algorithm are refused, and expiry has no leeway: a token is
+//! good until its `exp` second and not after.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode};
+use crate::fields::{Room, User};
+
+/// How requests are let in: open, as in the demo, or by token.
+pub enum Access {
+    Open,
+    Token(Verifier),
+}
+
+/// Checks tokens signed with one secret.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rooms: Option<Vec<String>>,
+}
+
+/// A client as its token describes it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user: User,
+    rooms: Option<Vec<String>>,
+    /// When the token stops being good, in seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+impl Identity {
+    /// Someone on an open server who gave no name: `guest-` and four hex digits.
+    pub fn guest() -> Identity {
+        Identity {
+            user: User::guest(),
+            rooms: None,
+            expires: u64::MAX,
+        }
+    }
+
+    /// When the token expires, if it does.
+    pub fn expiry(&self) -> Option<Duration> {
+        (self.expires != u64::MAX).then(|| self.remaining())
+    }
+
+    /// Whether the token lets its holder join, read and send in `room`.
+    pub fn may(&self, room: &Room) -> bool {
+        match &self.rooms {
+            None => true,
+            Some(rules) => rules.iter().any(|rule| match rule.strip_suffix('*') {
+                Some(prefix) => room.as_str().starts_with(prefix),
+                None => rule == room.as_str(),
+            }),
+        }
+    }
+
+    /// Refuses `room` with `forbidden` unless the token allows it.
+    pub fn check(&self, room: &Room) -> Result<(), Error> {
+        if self.may(room) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::Forbidden,
+                format!("your token does not allow room {room}"),
+            ))
+        }
+    }
+
+    /// How long until the token expires (zero if it has).
+    pub fn remaining(&self) -> Duration {
+        Duration::from_secs(self.expires.saturating_sub(now_secs()))
+    }
+}
+
+impl Access {
+    pub fn new(secret: Option<&str>) -> Access {
+        match secret {
+            None => Access::Open,
+            Some(secret) => {
+                let mut validation = Validation::new(Algorithm::HS256);
+                validation.leeway = 0;
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                Access::Token(Verifier {
+                    key: DecodingKey::from_secret(secret.as_bytes()),
+                    validation,
+                })
+            }
+        }
+    }
+
+    /// The identity a request may act as: from its token when auth is on
+    /// (`unauthorized` without a good one), or the user it names when open.
+    /// `None` from an open server means the request named no user.
+    pub fn identify(
+        &self,
+        token: Option<&str>,
+        claimed_user: Option<&str>,
+    ) -> Result<Option<Identity>, Error> {
+        match self {
+            Access::Open => Ok(match claimed_user {
+                None => None,
+                Some(user) => Some(Identity {
+                    user: User::parse(user)?,
+                    rooms: None,
+                    expires: u64::MAX,
+                }),
+            }),
+            Access::Token(verifier) => verifier.verify(token).map(Some),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self, Access::Open)
+    }
+}
+
+impl Verifier {
+    fn verify(&self, token: Option<&str>) -> Result<Identity, Error> {
+        let unauthorized = |why: String| Error::new(ErrorCode::Unauthorized, why);
+        let token = token.ok_or_else(|| {
+            unauthorized(
+                "a token is required: ?token= on /ws, Authorization: Bearer over HTTP".into(),
+            )
+        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| unauthorized(format!("the token is not valid: {e}")))?;
+        let claims = data.claims;
+        let user = User::parse(&claims.sub)
+            .map_err(|_| unauthorized("the token's sub is not a valid user name".into()))?;
+        Ok(Identity {
+            user,
+            rooms: claims.rooms,
+            expires: claims.exp,
+        })
+    }
+}
+
+/// Signs a token for `sub`, good for `ttl`, limited to `rooms` when given.
+pub fn issue(
+    secret: &str,
+    sub: &str,
+    rooms: Option<Vec<String>>,
+    ttl: Duration,
+) -> Result<String, String> {
+    User::parse(sub).map_err(|e| format!("--sub: {}", e.message))?;
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp: now_secs() + ttl.as_secs(),
+        rooms,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("cannot sign the token: {e}"))
+}
+
+/// Reads a time-to-live such as `90`, `90s`, `30m`, `1h` or `7d`.
+pub fn parse_ttl(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("--ttl {raw:?}: expected a number with s, m, h or d, such as 1h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("--ttl {raw:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(name: &str) -> Room {
+        Room::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_signed_token_identifies_its_user_and_rooms() {
+        let token = issue(
+            "s3cret",
+            "alice",
+            Some(vec!["team-*".into(), "lobby".into()]),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let access = Access::new(Some("s3cret"));
+        let who = access
+            .identify(Some(&token), Some("mallory"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(who.user.as_str(), "alice");
+        assert!(who.may(&room("team-red")) && who.may(&room("lobby")));
+        assert!(!who.may(&room("lobby2")) && !who.may(&room("other")));
+        assert_eq!(
+            who.check(&room("other")).unwrap_err().code,
+            ErrorCode::Forbidden
+        );
+        assert!(
+            who.remaining() <= Duration::from_secs(60) && who.remaining() > Duration::from_secs(50)
+        );
+    }
+
+    #[test]
+    fn bad_tokens_are_unauthorized() {
+        let access = Access::new(Some("s3cret"));
+        let other_key = issue("other", "alice", None, Duration::from_secs(60)).unwrap();
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "alice".into(),
+                exp: now_secs() - 10,
+                rooms: None,
+            },
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &Claims {
+                sub: "alice".into(),
+                exp: now_secs() + 60,
+                rooms: None,
+            },
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} . (no signature)
+        let none =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        for token in [
+            None,
+            Some("garbage"),
+            Some(other_key.as_str()),
+            Some(expired.as_str()),
+            Some(hs384.as_str()),
+            Some(none),
+        ] {
+            let err = access.identify(token, Some("alice")).unwrap_err();
+            assert_eq!(err.code, ErrorCode::Unauthorized, "{token:?}");
+        }
+    }
+
+    #[test]
+    fn an_open_server_takes_the_claimed_user() {
+        let access = Access::new(None);
+        assert!(access.is_open());
+        let who = access.identify(None, Some(" bob ")).unwrap().unwrap();
+        assert_eq!(who.user.as_str(), "bob");
+        assert!(who.may(&room("anything")));
+        assert!(access.identify(None, None).unwrap().is_none());
+        assert_eq!(
+            access.identify(None, Some("a\u{1}")).unwrap_err().code,
+            ErrorCode::InvalidName
+        );
+    }
+
+    #[test]
+    fn ttls_read_like_people_write_them() {
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("5y").is_err());
+    }
+}

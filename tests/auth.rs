@@ -1,0 +1,278 @@
+//! Auth and origins over the real wire: tokens checked before the upgrade and
+//! on every HTTP request, the token's user and rooms enforced, a token that
+//! expires while connected closing with 1008, `parlor token`, and
+//! `--allowed-origins` for browser pages.
+
+mod common;
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{get, http, http_raw, Client, Server};
+use serde_json::json;
+
+const SECRET: &str = "correct horse battery staple";
+
+fn token(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["token", "--secret", SECRET])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A handshake with extra headers; returns the response status and body.
+fn handshake(addr: &str, query: &str, headers: &str) -> common::Response {
+    let request = format!(
+        "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+    );
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    let mut buf = vec![0; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    common::Response {
+        status,
+        headers: Vec::new(),
+        body,
+    }
+}
+
+fn signed(claims: serde_json::Value, alg: jsonwebtoken::Algorithm) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[async_std::test]
+async fn bad_tokens_are_refused_before_the_upgrade() {
+    let server = Server::start(&["--secret", SECRET]);
+    let expired = signed(
+        json!({"sub":"alice","exp":now() - 60}),
+        jsonwebtoken::Algorithm::HS256,
+    );
+    let hs512 = signed(
+        json!({"sub":"alice","exp":now() + 60}),
+        jsonwebtoken::Algorithm::HS512,
+    );
+    let no_exp = signed(json!({"sub":"alice"}), jsonwebtoken::Algorithm::HS256);
+    // {"alg":"none"} with a valid-looking payload and no signature.
+    let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+    let other_secret = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub":"alice","exp":now() + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"another secret"),
+    )
+    .unwrap();
+    for (what, query) in [
+        ("no token", "?user=alice&room=general".to_owned()),
+        ("garbage", "?token=garbage".to_owned()),
+        ("expired", format!("?token={expired}")),
+        ("HS512", format!("?token={hs512}")),
+        ("no exp", format!("?token={no_exp}")),
+        ("alg none", format!("?token={none}")),
+        ("another secret", format!("?token={other_secret}")),
+    ] {
+        let response = handshake(&server.addr, &query, "");
+        assert_eq!(response.status, 401, "{what}: {}", response.body);
+        assert!(
+            response.body.contains("\"unauthorized\""),
+            "{what}: {}",
+            response.body
+        );
+    }
+    // Nothing reached a room.
+    let good = token(&["--sub", "reader"]);
+    let read = http_raw(
+        &server.addr,
+        format!("GET /rooms/general/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {good}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(read.json()["messages"], json!([]));
+}
+
+#[async_std::test]
+async fn the_token_decides_the_user_and_the_rooms() {
+    let server = Server::start(&["--secret", SECRET]);
+    let alice = token(&["--sub", "alice", "--rooms", "team-*,lobby", "--ttl", "1h"]);
+    let (mut c, welcome) =
+        Client::welcomed(&server.ws_url(&format!("?token={alice}&user=mallory"))).await;
+    assert_eq!(welcome["user"], "alice", "the token's sub, not ?user=");
+    c.join(json!({"type":"join","room":"team-red"})).await;
+    c.join(json!({"type":"join","room":"lobby"})).await;
+    for frame in [
+        json!({"type":"join","room":"secret","ref":"j"}),
+        json!({"type":"send","room":"secret","text":"hi","ref":"s"}),
+        json!({"type":"history","room":"lobby2","ref":"h"}),
+    ] {
+        let answer = c.request(frame.clone()).await;
+        assert_eq!(answer["code"], "forbidden", "{frame} -> {answer}");
+    }
+    assert_eq!(c.say("team-red", "allowed").await, 1);
+    let m = c.recv().await;
+    assert_eq!(
+        (m["user"].as_str(), m["text"].as_str()),
+        (Some("alice"), Some("allowed"))
+    );
+    // A forbidden ?room= is refused before the upgrade.
+    let refused = handshake(&server.addr, &format!("?token={alice}&room=secret"), "");
+    assert_eq!(refused.status, 403);
+}
+
+#[async_std::test]
+async fn http_requests_need_a_bearer_token() {
+    let server = Server::start(&["--secret", SECRET]);
+    let a = &server.addr;
+    let bot = token(&["--sub", "bot", "--rooms", "news"]);
+    let post = |path: &str, auth: Option<&str>| {
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let body = r#"{"user":"someone else","text":"hi"}"#;
+        http_raw(
+            a,
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let missing = post("/rooms/news/messages", None);
+    assert_eq!(
+        (missing.status, missing.error_code().as_str()),
+        (401, "unauthorized")
+    );
+    let forbidden = post("/rooms/sports/messages", Some(&bot));
+    assert_eq!(
+        (forbidden.status, forbidden.error_code().as_str()),
+        (403, "forbidden")
+    );
+    let created = post("/rooms/news/messages", Some(&bot));
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(get(a, "/rooms/news/messages").status, 401);
+    let read = http_raw(
+        a,
+        format!("GET /rooms/news/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {bot}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(
+        read.json()["messages"][0]["user"],
+        "bot",
+        "the token's user, not the body's"
+    );
+    let plain = http(
+        a,
+        "POST",
+        "/rooms/news/messages?user=x",
+        Some("text/plain"),
+        b"hi",
+    );
+    assert_eq!(plain.status, 401);
+}
+
+#[async_std::test]
+async fn a_token_that_expires_while_connected_closes_with_1008() {
+    let server = Server::start(&["--secret", SECRET]);
+    let short = token(&["--sub", "brief", "--ttl", "2s"]);
+    let (mut c, _) = Client::welcomed(&server.ws_url(&format!("?token={short}"))).await;
+    assert_eq!(c.closed().await, 1008);
+}
+
+#[async_std::test]
+async fn parlor_token_needs_a_secret_and_sane_values() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args(args)
+            .env_remove("PARLOR_SECRET")
+            .output()
+            .unwrap()
+    };
+    let no_secret = run(&["token", "--sub", "alice"]);
+    assert_eq!(no_secret.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_secret.stderr).contains("--secret"));
+    assert_eq!(
+        run(&["token", "--secret", "s", "--sub", "alice", "--ttl", "soon"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["token", "--secret", "s", "--sub", "a\u{1}b"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let from_env = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["token", "--sub", "alice"])
+        .env("PARLOR_SECRET", "s")
+        .output()
+        .unwrap();
+    assert!(from_env.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&from_env.stdout)
+            .matches('.')
+            .count(),
+        2,
+        "a JWT has three parts"
+    );
+}
+
+#[async_std::test]
+async fn pages_from_origins_not_listed_cannot_connect() {
+    let server = Server::start(&[
+        "--allowed-origins",
+        "https://chat.example.com, https://other.example.com/",
+    ]);
+    let a = &server.addr;
+    assert_eq!(
+        handshake(a, "", "Origin: https://evil.example.com\r\n").status,
+        403
+    );
+    assert_eq!(
+        handshake(a, "", "Origin: https://chat.example.com\r\n").status,
+        101
+    );
+    assert_eq!(
+        handshake(a, "", "Origin: https://other.example.com\r\n").status,
+        101
+    );
+    assert_eq!(
+        handshake(a, "", &format!("Origin: http://{a}\r\n")).status,
+        101,
+        "its own page"
+    );
+    assert_eq!(handshake(a, "", "").status, 101, "not a browser");
+}
+
+#[async_std::test]
+async fn an_open_server_says_so() {
+    let server = Server::start(&[]);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !server.log().contains("parlor is open") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
