@@ -18,7 +18,8 @@ use crate::fields::{Room, User};
 /// How requests are let in: open, as in the demo, or by token.
 pub enum Access {
     Open,
-    Token(Verifier),
+    /// Boxed: the key and validation rules are large, and there is one.
+    Token(Box<Verifier>),
 }
 
 /// Checks tokens signed with one secret.
@@ -96,10 +97,10 @@ impl Access {
                 let mut validation = Validation::new(Algorithm::HS256);
                 validation.leeway = 0;
                 validation.set_required_spec_claims(&["exp", "sub"]);
-                Access::Token(Verifier {
+                Access::Token(Box::new(Verifier {
                     key: DecodingKey::from_secret(secret.as_bytes()),
                     validation,
-                })
+                }))
             }
         }
     }
