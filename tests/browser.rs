@@ -314,3 +314,29 @@ async fn a_refused_message_shows_its_error_and_can_be_retried() {
         vec!["first".to_owned(), "second, too soon".to_owned()]
     );
 }
+
+#[async_std::test]
+async fn with_auth_the_page_takes_its_token_from_the_address() {
+    let secret = "page secret";
+    let server = Server::start(&["--secret", secret]);
+    let output = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args([
+            "token", "--secret", secret, "--sub", "tess", "--rooms", "general",
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let driver = Driver::start();
+    let page = driver.page("token");
+    page.open(&format!("http://{}/#token={token}", server.addr));
+    page.wait_for(
+        "connecting",
+        "document.getElementById('status').dataset.state === 'connected'",
+    );
+    assert_eq!(
+        page.eval("return document.getElementById('me').textContent;"),
+        json!("tess")
+    );
+    page.say("signed in");
+    page.wait_for_text("signed in");
+}

@@ -10,6 +10,10 @@
 const PAGE = 50;
 const $ = (id) => document.getElementById(id);
 
+// With auth on, the page is opened as /#token=…: the token travels with the
+// WebSocket, and the server's welcome says who it names.
+const TOKEN = new URLSearchParams(location.hash.slice(1)).get('token');
+
 const state = {
   user: localStorage.getItem('parlor.user') || '',
   rooms: new Map(),
@@ -48,7 +52,8 @@ function setStatus(status) {
 function connect() {
   clearTimeout(state.retryTimer);
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${scheme}://${location.host}/ws?user=${encodeURIComponent(state.user)}`);
+  const auth = TOKEN ? `&token=${encodeURIComponent(TOKEN)}` : '';
+  const ws = new WebSocket(`${scheme}://${location.host}/ws?user=${encodeURIComponent(state.user)}${auth}`);
   state.ws = ws;
   ws.onmessage = (event) => {
     let frame;
@@ -88,6 +93,8 @@ function handle(frame) {
   const r = frame.room ? state.rooms.get(frame.room) : null;
   switch (frame.type) {
     case 'welcome':
+      state.user = frame.user;
+      $('me').textContent = frame.user;
       state.backoff = 500;
       setStatus('connected');
       $('instance').textContent = `instance ${frame.instance}`;
@@ -387,4 +394,4 @@ $('scroller').onscroll = () => {
 window.addEventListener('online', () => { if (!state.ws) connect(); });
 window.addEventListener('offline', () => setStatus('offline'));
 
-if (state.user) start(); else $('login').hidden = false;
+if (state.user || TOKEN) start(); else $('login').hidden = false;
