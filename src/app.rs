@@ -35,6 +35,7 @@ impl App {
         let store = Arc::new(store);
         let rooms = Rooms::new(
             store.clone(),
+            &config.instance,
             config.outbox,
             config.replay_cap,
             metrics.clone(),

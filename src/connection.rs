@@ -23,7 +23,7 @@ use crate::fields::{Ref, Room};
 use crate::outbox::{Closed, Outbox, GOING_AWAY, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
 use crate::rooms::{ConnId, JoinError};
-use crate::store::{Draft, Slice};
+use crate::store::{Draft, Signal, Slice};
 
 /// How long a closing connection waits for its writer to finish and the
 /// client to answer the close.
@@ -33,6 +33,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// its errors, not lose its connection.
 const ABUSE_BURST: u32 = 100;
 const ABUSE_RATE: u32 = 10;
+/// Typing frames a connection may send in a burst, and per second after it.
+const SIGNAL_BURST: u32 = 10;
+const SIGNAL_RATE: u32 = 5;
 
 /// What the upgrade request's query asked for.
 pub struct Params {
@@ -58,6 +61,7 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
         default_room: params.room.clone(),
         joined: HashSet::new(),
         sends: TokenBucket::new(app.config.rate, app.config.burst),
+        signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_BURST),
         abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
     };
     log::debug!("connection {id} opened for {}", session.identity.user);
@@ -146,6 +150,8 @@ struct Session {
     default_room: Option<Room>,
     joined: HashSet<Room>,
     sends: TokenBucket,
+    /// Typing frames, limited apart from messages so neither starves the other.
+    signals: TokenBucket,
     abuse: TokenBucket,
 }
 
@@ -221,9 +227,29 @@ impl Session {
                     Err(error) => self.refuse(reference, error).await,
                 }
             }
-            Request::Typing { .. } | Request::Presence { .. } => {
-                let error =
-                    Error::bad_request("typing and presence are not available on this server yet");
+            Request::Typing { room } => {
+                if !self.joined.contains(&room) {
+                    return self.refuse(reference, not_joined(&room)).await;
+                }
+                if !self.signals.take() {
+                    let error = Error::new(
+                        ErrorCode::RateLimited,
+                        format!("more than {SIGNAL_RATE} typing frames per second; send one every few seconds"),
+                    );
+                    return self.refuse(reference, error).await;
+                }
+                let signal = Signal {
+                    origin: self.app.rooms.origin(self.id),
+                    frame: protocol::typing(&room, &self.identity.user),
+                    room,
+                };
+                match self.app.store.signal(signal).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.refuse(reference, e.into()).await,
+                }
+            }
+            Request::Presence { .. } => {
+                let error = Error::bad_request("presence is not available on this server yet");
                 self.refuse(reference, error).await
             }
         }

@@ -12,7 +12,8 @@ use async_std::sync::Mutex;
 use crate::fields::{Ref, Room, User};
 use crate::protocol;
 use crate::store::{
-    now_millis, Delivery, Draft, End, Epoch, FeedEvent, Message, Page, Slice, Stored, REF_MEMORY,
+    now_millis, Delivery, Draft, End, Epoch, FeedEvent, Message, Page, Signal, Slice, Stored,
+    REF_MEMORY,
 };
 
 pub struct MemoryStore {
@@ -143,6 +144,10 @@ impl MemoryStore {
         stored
     }
 
+    pub async fn signal(&self, signal: Signal) {
+        let _ = self.feed.send(FeedEvent::Signal(signal)).await;
+    }
+
     pub async fn read(&self, room: &Room, slice: Slice) -> Page {
         let mut rooms = self.rooms.lock().await;
         rooms
@@ -207,7 +212,7 @@ mod tests {
             let delivered: Vec<u64> = std::iter::from_fn(|| feed.try_recv().ok())
                 .map(|e| match e {
                     FeedEvent::Delivery(d) => d.message.id,
-                    FeedEvent::Resync => 0,
+                    FeedEvent::Resync | FeedEvent::Signal(_) => 0,
                 })
                 .collect();
             assert_eq!(delivered, vec![1, 2, 3, 4, 5, 1]);

@@ -366,6 +366,20 @@ pub fn ack(reference: Option<&Ref>, room: &Room, id: u64) -> Frame {
     })
 }
 
+pub fn typing(room: &Room, user: &User) -> Frame {
+    #[derive(Serialize)]
+    struct Typing<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        user: &'a str,
+    }
+    encode(&Typing {
+        r#type: "typing",
+        room: room.as_str(),
+        user: user.as_str(),
+    })
+}
+
 pub fn left(room: &Room) -> Frame {
     #[derive(Serialize)]
     struct Left<'a> {

@@ -27,7 +27,8 @@ use redis::{Client, Script, Value};
 use crate::fields::{Ref, Room, User};
 use crate::protocol;
 use crate::store::{
-    Delivery, Draft, End, Epoch, FeedEvent, Message, Page, Slice, StoreError, Stored, REF_MEMORY,
+    Delivery, Draft, End, Epoch, FeedEvent, Message, Page, Signal, Slice, StoreError, Stored,
+    REF_MEMORY,
 };
 
 /// How often the command connection is checked for readiness.
@@ -155,6 +156,18 @@ impl RedisStore {
             id,
             ts,
         })
+    }
+
+    /// Publishes a signal on the room's channel as `~origin frame`; the `~`
+    /// sets it apart from messages, whose payload starts with their epoch.
+    pub async fn signal(&self, signal: Signal) -> Result<(), StoreError> {
+        let payload = format!("~{} {}", signal.origin, signal.frame.as_str());
+        let mut conn = self.conn.clone();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.keys.channel(&signal.room)).arg(payload);
+        self.bounded("signal", publish.query_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
     }
 
     pub async fn read(&self, room: &Room, slice: Slice) -> Result<Page, StoreError> {
@@ -390,10 +403,10 @@ async fn run_subscriber(
                 .await;
             match next {
                 Event::Published(Some(msg)) => {
-                    if let Some(delivery) =
-                        delivery_of(&keys, msg.get_channel_name(), msg.get_payload_bytes())
+                    if let Some(event) =
+                        event_of(&keys, msg.get_channel_name(), msg.get_payload_bytes())
                     {
-                        if feed.send(FeedEvent::Delivery(delivery)).await.is_err() {
+                        if feed.send(event).await.is_err() {
                             return;
                         }
                     }
@@ -478,22 +491,31 @@ async fn bounded<T>(
     }
 }
 
-/// Decodes a published payload, `epoch id frame`.
-fn delivery_of(keys: &Keys, channel: &str, payload: &[u8]) -> Option<Delivery> {
+/// Decodes a published payload: `epoch id frame` for a message, `~origin
+/// frame` for a signal.
+fn event_of(keys: &Keys, channel: &str, payload: &[u8]) -> Option<FeedEvent> {
     let room = keys.room_of_channel(channel)?;
     let payload = std::str::from_utf8(payload).ok()?;
+    if let Some(signal) = payload.strip_prefix('~') {
+        let (origin, frame) = signal.split_once(' ')?;
+        return Some(FeedEvent::Signal(Signal {
+            room,
+            origin: origin.to_owned(),
+            frame: frame.to_owned().into(),
+        }));
+    }
     let mut parts = payload.splitn(3, ' ');
     let epoch = parts.next()?;
     let id: u64 = parts.next()?.parse().ok()?;
     let frame = parts.next()?;
-    Some(Delivery {
+    Some(FeedEvent::Delivery(Delivery {
         room,
         epoch: Epoch::from(epoch.to_owned()),
         message: Message {
             id,
             frame: frame.to_owned().into(),
         },
-    })
+    }))
 }
 
 /// The URL without its password, for logs and errors.
@@ -533,20 +555,27 @@ mod tests {
     }
 
     #[test]
-    fn payloads_decode_into_deliveries() {
+    fn payloads_decode_into_deliveries_and_signals() {
         let keys = Keys { prefix: "p".into() };
-        let d = delivery_of(
-            &keys,
-            "p:{r}:live",
-            br#"k3j2xq0a 42 {"type":"message","id":42}"#,
-        )
-        .unwrap();
+        let payload = br#"k3j2xq0a 42 {"type":"message","id":42}"#;
+        let Some(FeedEvent::Delivery(d)) = event_of(&keys, "p:{r}:live", payload) else {
+            panic!("a message payload decodes into a delivery");
+        };
         assert_eq!(
             (d.room.as_str(), d.epoch.as_str(), d.message.id),
             ("r", "k3j2xq0a", 42)
         );
         assert_eq!(d.message.frame.as_str(), r#"{"type":"message","id":42}"#);
-        assert!(delivery_of(&keys, "p:{r}:live", b"garbage").is_none());
+        let payload = br#"~inst/7 {"type":"typing","room":"r","user":"bob"}"#;
+        let Some(FeedEvent::Signal(signal)) = event_of(&keys, "p:{r}:live", payload) else {
+            panic!("a ~ payload decodes into a signal");
+        };
+        assert_eq!(signal.origin, "inst/7");
+        assert_eq!(
+            signal.frame.as_str(),
+            r#"{"type":"typing","room":"r","user":"bob"}"#
+        );
+        assert!(event_of(&keys, "p:{r}:live", b"garbage").is_none());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::fields::Room;
 use crate::metrics::Metrics;
 use crate::outbox::{Closed, Outbox, Refused};
 use crate::protocol::{self, Replay};
-use crate::store::{Delivery, Epoch, FeedEvent, Message, Slice, Store};
+use crate::store::{Delivery, Epoch, FeedEvent, Message, Signal, Slice, Store};
 
 /// How many catch-up reads a join makes before giving up on a room that is
 /// changing faster than it can be read.
@@ -45,6 +45,8 @@ struct Inner {
     /// find, add or remove a room; each room has its own lock for delivery.
     rooms: Mutex<HashMap<Room, Arc<RoomFeed>>>,
     store: Arc<Store>,
+    /// This instance's name, which tells its own signals from others'.
+    instance: String,
     /// Most live deliveries held back for a member while it joins; beyond it
     /// the join reads the rest from history instead.
     pending_limit: usize,
@@ -103,6 +105,7 @@ enum MemberState {
 impl Rooms {
     pub fn new(
         store: Arc<Store>,
+        instance: &str,
         pending_limit: usize,
         replay_cap: usize,
         metrics: Metrics,
@@ -110,6 +113,7 @@ impl Rooms {
         Rooms(Arc::new(Inner {
             rooms: Mutex::new(HashMap::new()),
             store,
+            instance: instance.to_owned(),
             pending_limit,
             replay_cap,
             metrics,
@@ -343,6 +347,7 @@ impl Rooms {
         while let Ok(event) = events.recv().await {
             match event {
                 FeedEvent::Delivery(delivery) => self.deliver(delivery),
+                FeedEvent::Signal(signal) => self.signal(signal),
                 FeedEvent::Resync => self.resync(),
             }
         }
@@ -402,6 +407,30 @@ impl Rooms {
         }
         hold_back(state, epoch, message, self.0.pending_limit);
         self.0.metrics.delivered(delivered);
+    }
+
+    /// Hands a signal to the room's live members, but not to the connection
+    /// it came from.
+    fn signal(&self, signal: Signal) {
+        let Some(feed) = self.feed(&signal.room) else {
+            return;
+        };
+        let sender = signal
+            .origin
+            .strip_prefix(self.0.instance.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|conn| conn.parse::<ConnId>().ok());
+        let state = lock(&feed.state);
+        for (conn, member) in &state.members {
+            if matches!(member.state, MemberState::Live { .. }) && Some(*conn) != sender {
+                let _ = member.outbox.offer(signal.frame.clone());
+            }
+        }
+    }
+
+    /// The origin of signals sent by `conn` of this instance.
+    pub fn origin(&self, conn: ConnId) -> String {
+        format!("{}/{conn}", self.0.instance)
     }
 
     fn resync(&self) {

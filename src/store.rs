@@ -72,10 +72,21 @@ pub struct Delivery {
     pub message: Message,
 }
 
+/// A frame for a room's members that is not a stored message (typing): it
+/// has no id, is never replayed, and goes to everyone but its sender.
+#[derive(Clone, Debug)]
+pub struct Signal {
+    pub room: Room,
+    /// The sending connection, as `instance/connection`, which does not get it.
+    pub origin: String,
+    pub frame: Frame,
+}
+
 /// What the live feed carries to this instance's rooms.
 #[derive(Debug)]
 pub enum FeedEvent {
     Delivery(Delivery),
+    Signal(Signal),
     /// Deliveries may have been lost (the feed reconnected): every room must
     /// read what it missed from history before delivering on.
     Resync,
@@ -201,6 +212,18 @@ impl Store {
         match self {
             Store::Memory(store) => Ok(store.publish(draft).await),
             Store::Redis(store) => store.publish(draft).await,
+        }
+    }
+
+    /// Sends a signal to the room's members on every instance, without
+    /// storing it. Best effort: a signal lost in a fault is not repaired.
+    pub async fn signal(&self, signal: Signal) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => {
+                store.signal(signal).await;
+                Ok(())
+            }
+            Store::Redis(store) => store.signal(signal).await,
         }
     }
 

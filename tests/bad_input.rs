@@ -116,9 +116,9 @@ async fn every_bad_frame_gets_its_error_code() {
             None,
         ),
         (
-            r#"{"type":"typing","room":"general"}"#.into(),
-            "bad_request",
-            None,
+            r#"{"type":"typing","room":"general","ref":"t"}"#.into(),
+            "not_joined",
+            Some("t"),
         ),
         (
             format!(r#"{{"type":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000)),

@@ -204,8 +204,18 @@ async fn two_pages_on_two_instances_chat_and_survive_a_restart() {
     one.log_in("ana");
     two.log_in("ben");
 
+    // Typing shows on the other page, and the message clears it.
+    one.eval("const t = document.getElementById('text'); t.value = 'hel'; t.dispatchEvent(new Event('input'));");
+    two.wait_for(
+        "the typing notice",
+        "document.getElementById('typing').textContent === 'ana is typing…'",
+    );
     one.say("hello from one");
     two.wait_for_text("hello from one");
+    two.wait_for(
+        "the typing notice to clear",
+        "document.getElementById('typing').textContent === ''",
+    );
     two.say("hello from two");
     one.wait_for_text("hello from two");
 

@@ -309,3 +309,33 @@ async fn since_beyond_the_newest_id_waits_for_ids_after_it() {
         (Some(4), Some("four"))
     );
 }
+
+#[async_std::test]
+async fn typing_goes_to_the_others_in_the_room_and_is_never_stored() {
+    let server = Server::start(&[]);
+    let (mut alice, _) = Client::welcomed(&server.ws_url("?user=alice")).await;
+    let (mut bob, _) = Client::welcomed(&server.ws_url("?user=bob")).await;
+    let (mut carol, _) = Client::welcomed(&server.ws_url("?user=carol")).await;
+    alice.join(json!({"type":"join","room":"t"})).await;
+    bob.join(json!({"type":"join","room":"t"})).await;
+    carol.join(json!({"type":"join","room":"elsewhere"})).await;
+    bob.send(json!({"type":"typing","room":"t"})).await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"typing","room":"t","user":"bob"})
+    );
+    // Not to the typist, nor to another room; nothing stored, no id used.
+    let answer = bob
+        .request(json!({"type":"history","room":"t","ref":"h"}))
+        .await;
+    assert_eq!(
+        answer["messages"],
+        json!([]),
+        "bob got nothing before his answer"
+    );
+    let answer = carol
+        .request(json!({"type":"history","room":"elsewhere","ref":"h"}))
+        .await;
+    assert_eq!(answer["type"], "history");
+    assert_eq!(alice.say("t", "first message").await, 1);
+}

@@ -355,3 +355,20 @@ async fn readiness_follows_redis_and_a_missing_redis_fails_at_start() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
 }
+
+#[async_std::test]
+async fn typing_crosses_instances() {
+    let redis = Redis::start();
+    let a = instance(&redis, &[]);
+    let b = instance(&redis, &[]);
+    let mut members = live_members(&[&a, &b], "t").await;
+    members[1].send(json!({"type":"typing","room":"t"})).await;
+    assert_eq!(
+        members[0].recv().await,
+        json!({"type":"typing","room":"t","user":"member1"})
+    );
+    let answer = members[1]
+        .request(json!({"type":"history","room":"t","ref":"h"}))
+        .await;
+    assert_eq!(answer["messages"], json!([]), "the typist got nothing back");
+}

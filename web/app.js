@@ -8,6 +8,9 @@
 'use strict';
 
 const PAGE = 50;
+// Typing is sent at most this often while typing, and shown this long.
+const TYPING_EVERY_MS = 2500;
+const TYPING_SHOWN_MS = 4000;
 const $ = (id) => document.getElementById(id);
 
 // With auth on, the page is opened as /#token=…: the token travels with the
@@ -29,7 +32,7 @@ function room(name) {
   let r = state.rooms.get(name);
   if (!r) {
     r = { name, epoch: null, lastId: 0, messages: [], outgoing: [], more: false,
-          loading: false, unread: 0, notice: '' };
+          loading: false, unread: 0, notice: '', typing: new Map() };
     state.rooms.set(name, r);
     saveRooms();
   }
@@ -116,8 +119,14 @@ function handle(frame) {
       }
       r.epoch = frame.epoch;
       break;
+    case 'typing':
+      if (!r) return;
+      r.typing.set(frame.user, Date.now() + TYPING_SHOWN_MS);
+      if (r.name === state.current) renderTyping();
+      break;
     case 'message':
       if (!r) return;
+      if (r.typing.delete(frame.user) && r.name === state.current) renderTyping();
       if (frame.id <= r.lastId) return; // shown already
       r.lastId = frame.id;
       r.messages.push(frame);
@@ -266,6 +275,17 @@ function renderOutgoing() {
   }
 }
 
+function renderTyping() {
+  const r = state.rooms.get(state.current);
+  const now = Date.now();
+  const names = r ? [...r.typing].filter(([, until]) => until > now).map(([user]) => user) : [];
+  $('typing').textContent = names.length === 0 ? ''
+    : names.length === 1 ? `${names[0]} is typing…`
+    : `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]} are typing…`;
+  clearTimeout(state.typingTimer);
+  if (names.length) state.typingTimer = setTimeout(renderTyping, 1000);
+}
+
 function renderNotice() {
   const r = state.rooms.get(state.current);
   const el = $('notice');
@@ -306,6 +326,7 @@ function render() {
   $('messages').replaceChildren(...(r ? r.messages.map(messageItem) : []));
   renderOutgoing();
   renderNotice();
+  renderTyping();
   renderRooms();
   scrollToBottom();
 }
@@ -373,6 +394,13 @@ $('composer').onsubmit = (event) => {
   $('text').value = '';
   renderOutgoing();
   scrollToBottom();
+};
+
+$('text').oninput = () => {
+  const now = Date.now();
+  if (!state.current || !$('text').value.trim() || now - (state.lastTyping || 0) < TYPING_EVERY_MS) return;
+  state.lastTyping = now;
+  send({ type: 'typing', room: state.current });
 };
 
 $('text').onkeydown = (event) => {
