@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
 
@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::flag::Flag;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::protocol::Limits;
 use crate::rooms::{ConnId, Rooms};
 use crate::store::{Draft, Page, Slice, Store, Stored};
@@ -33,12 +34,15 @@ impl App {
     pub fn new(config: Config, store: Store) -> App {
         let metrics = Metrics::default();
         let store = Arc::new(store);
+        let presence =
+            Presence::start(store.clone(), Duration::from_millis(config.presence_ttl_ms));
         let rooms = Rooms::new(
             store.clone(),
             &config.instance,
             config.outbox,
             config.replay_cap,
             metrics.clone(),
+            presence,
         );
         App {
             access: Access::new(config.secret.as_deref()),

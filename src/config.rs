@@ -94,6 +94,11 @@ pub struct Flags {
     #[argh(option)]
     pub outbox: Option<usize>,
 
+    /// milliseconds after which the users of an instance that died without a
+    /// goodbye leave presence [PARLOR_PRESENCE_TTL_MS, default 30000]
+    #[argh(option)]
+    pub presence_ttl_ms: Option<u64>,
+
     /// milliseconds a client may take to send its request headers before the
     /// connection is closed [PARLOR_HEADER_TIMEOUT_MS, default 10000]
     #[argh(option)]
@@ -188,6 +193,7 @@ pub struct Config {
     pub burst: u32,
     pub outbox: usize,
     pub header_timeout_ms: u64,
+    pub presence_ttl_ms: u64,
     pub drain_seconds: u64,
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
@@ -239,6 +245,12 @@ impl Config {
             rate: pick(flags.rate, &env, "PARLOR_RATE", 100)?,
             burst: pick(flags.burst, &env, "PARLOR_BURST", 200)?,
             outbox: pick(flags.outbox, &env, "PARLOR_OUTBOX", 4096)?,
+            presence_ttl_ms: pick(
+                flags.presence_ttl_ms,
+                &env,
+                "PARLOR_PRESENCE_TTL_MS",
+                30_000,
+            )?,
             header_timeout_ms: pick(
                 flags.header_timeout_ms,
                 &env,
@@ -306,6 +318,7 @@ impl Config {
             ("--rate", self.rate as usize),
             ("--burst", self.burst as usize),
             ("--header-timeout-ms", self.header_timeout_ms as usize),
+            ("--presence-ttl-ms", self.presence_ttl_ms as usize),
         ];
         for (flag, value) in positive {
             if value == 0 {

@@ -248,10 +248,14 @@ impl Session {
                     Err(e) => self.refuse(reference, e.into()).await,
                 }
             }
-            Request::Presence { .. } => {
-                let error = Error::bad_request("presence is not available on this server yet");
-                self.refuse(reference, error).await
-            }
+            Request::Presence { room } => match self.app.store.presence(&room).await {
+                Ok(users) => {
+                    self.outbox
+                        .push(protocol::presence(reference, &room, &users))
+                        .await
+                }
+                Err(e) => self.refuse(reference, e.into()).await,
+            },
         }
     }
 
@@ -271,7 +275,7 @@ impl Session {
         match self
             .app
             .rooms
-            .join(self.id, &self.outbox, &room, replay)
+            .join(self.id, &self.outbox, &room, &self.identity.user, replay)
             .await
         {
             Ok(()) => {

@@ -17,6 +17,7 @@ pub mod memory_store;
 pub mod metrics;
 pub mod outbox;
 pub mod page;
+pub mod presence;
 pub mod protocol;
 pub mod redis_store;
 pub mod rooms;

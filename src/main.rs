@@ -12,7 +12,7 @@ use futures_lite::StreamExt;
 use parlor::app::App;
 use parlor::config::{Command, Config, Flags, TokenFlags};
 use parlor::memory_store::MemoryStore;
-use parlor::redis_store::RedisStore;
+use parlor::redis_store::{RedisOptions, RedisStore};
 use parlor::store::Store;
 use parlor::{auth, logging, server};
 
@@ -80,9 +80,15 @@ async fn run(config: Config) -> Result<(), String> {
             (Store::Memory(store), feed)
         }
         Some(url) => {
-            let timeout = Duration::from_millis(config.redis_timeout_ms);
-            let (store, feed) =
-                RedisStore::connect(url, &config.redis_prefix, config.history, timeout).await?;
+            let (store, feed) = RedisStore::connect(RedisOptions {
+                url,
+                prefix: &config.redis_prefix,
+                history: config.history,
+                timeout: Duration::from_millis(config.redis_timeout_ms),
+                instance: &config.instance,
+                presence_ttl: Duration::from_millis(config.presence_ttl_ms),
+            })
+            .await?;
             (Store::Redis(store), feed)
         }
     };

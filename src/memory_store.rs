@@ -4,7 +4,7 @@
 //! It keeps exactly the semantics of the Redis store (see `store.rs`), so the
 //! protocol code above it is the same program in both modes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use async_std::sync::Mutex;
@@ -23,6 +23,8 @@ pub struct MemoryStore {
     rooms: Mutex<HashMap<Room, RoomLog>>,
     history: usize,
     feed: async_channel::Sender<FeedEvent>,
+    /// Users with a live connection, per room.
+    present: std::sync::Mutex<HashMap<Room, HashSet<User>>>,
 }
 
 struct RoomLog {
@@ -96,6 +98,7 @@ impl MemoryStore {
             rooms: Mutex::new(HashMap::new()),
             history,
             feed,
+            present: Default::default(),
         };
         (store, deliveries)
     }
@@ -144,6 +147,50 @@ impl MemoryStore {
         stored
     }
 
+    pub async fn presence_join(&self, room: &Room, user: &User) {
+        let arrived = lock(&self.present)
+            .entry(room.clone())
+            .or_default()
+            .insert(user.clone());
+        if arrived {
+            self.announce(room, user, "join").await;
+        }
+    }
+
+    pub async fn presence_leave(&self, room: &Room, user: &User) {
+        let departed = {
+            let mut present = lock(&self.present);
+            let removed = present
+                .get_mut(room)
+                .is_some_and(|users| users.remove(user));
+            if present.get(room).is_some_and(HashSet::is_empty) {
+                present.remove(room);
+            }
+            removed
+        };
+        if departed {
+            self.announce(room, user, "leave").await;
+        }
+    }
+
+    pub fn presence(&self, room: &Room) -> Vec<String> {
+        let mut users: Vec<String> = lock(&self.present)
+            .get(room)
+            .map(|users| users.iter().map(|u| u.as_str().to_owned()).collect())
+            .unwrap_or_default();
+        users.sort();
+        users
+    }
+
+    async fn announce(&self, room: &Room, user: &User, event: &str) {
+        self.signal(Signal {
+            room: room.clone(),
+            origin: "-".into(),
+            frame: protocol::member(room, user, event),
+        })
+        .await;
+    }
+
     pub async fn signal(&self, signal: Signal) {
         let _ = self.feed.send(FeedEvent::Signal(signal)).await;
     }
@@ -155,6 +202,10 @@ impl MemoryStore {
             .or_insert_with(RoomLog::new)
             .page(slice)
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

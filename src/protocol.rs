@@ -380,6 +380,35 @@ pub fn typing(room: &Room, user: &User) -> Frame {
     })
 }
 
+/// The start of a `member` frame, up to its user: the store completes it
+/// with the user and event (`"join"` or `"leave"`).
+pub fn member_prefix(room: &Room) -> String {
+    // Room names are plain ASCII without quotes or backslashes: no escaping needed.
+    format!(r#"{{"type":"member","room":"{room}","user":"#)
+}
+
+pub fn member(room: &Room, user: &User, event: &str) -> Frame {
+    let user = serde_json::to_string(user.as_str()).expect("strings serialize");
+    format!(r#"{}{user},"event":"{event}"}}"#, member_prefix(room)).into()
+}
+
+pub fn presence(reference: Option<&Ref>, room: &Room, users: &[String]) -> Frame {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        r#type: &'static str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        room: &'a str,
+        users: &'a [String],
+    }
+    encode(&Presence {
+        r#type: "presence",
+        reference: reference.map(Ref::as_str),
+        room: room.as_str(),
+        users,
+    })
+}
+
 pub fn left(room: &Room) -> Frame {
     #[derive(Serialize)]
     struct Left<'a> {

@@ -37,6 +37,17 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
+/// What the Redis store needs to know.
+pub struct RedisOptions<'a> {
+    pub url: &'a str,
+    pub prefix: &'a str,
+    pub history: usize,
+    pub timeout: Duration,
+    pub instance: &'a str,
+    /// How long a presence entry lives without a heartbeat.
+    pub presence_ttl: Duration,
+}
+
 pub struct RedisStore {
     conn: ConnectionManager,
     keys: Keys,
@@ -44,6 +55,10 @@ pub struct RedisStore {
     timeout: Duration,
     publish: Script,
     read: Script,
+    presence: Script,
+    /// This instance's name, in its presence entries.
+    instance: String,
+    presence_ttl: Duration,
     subscriber: async_channel::Sender<Command>,
     health: Arc<Health>,
     url: String,
@@ -65,11 +80,16 @@ impl RedisStore {
     /// Connects to Redis at `url`, checks that it answers, and starts the
     /// subscriber and health tasks. Returns the store and its live feed.
     pub async fn connect(
-        url: &str,
-        prefix: &str,
-        history: usize,
-        timeout: Duration,
+        options: RedisOptions<'_>,
     ) -> Result<(RedisStore, async_channel::Receiver<FeedEvent>), String> {
+        let RedisOptions {
+            url,
+            prefix,
+            history,
+            timeout,
+            instance,
+            presence_ttl,
+        } = options;
         let shown = redact(url);
         let client = Client::open(url).map_err(|e| format!("--redis {shown}: {e}"))?;
         let config = ConnectionManagerConfig::new()
@@ -118,6 +138,9 @@ impl RedisStore {
             timeout,
             publish: Script::new(include_str!("publish.lua")),
             read: Script::new(include_str!("read.lua")),
+            presence: Script::new(include_str!("presence.lua")),
+            instance: instance.to_owned(),
+            presence_ttl,
             subscriber,
             health,
             url: shown,
@@ -168,6 +191,55 @@ impl RedisStore {
         self.bounded("signal", publish.query_async::<i64>(&mut conn))
             .await
             .map(|_| ())
+    }
+
+    /// Runs `presence.lua`: `join` and `leave` for `user` on this instance,
+    /// or `sweep` of expired entries.
+    pub async fn presence_op(
+        &self,
+        op: &str,
+        room: &Room,
+        user: Option<&User>,
+    ) -> Result<(), StoreError> {
+        let now = crate::store::now_millis();
+        let ttl = self.presence_ttl.as_millis() as u64;
+        let mut invocation = self.presence.prepare_invoke();
+        invocation
+            .key(self.keys.presence(room))
+            .arg(op)
+            .arg(now)
+            .arg(now + ttl)
+            .arg(2 * ttl)
+            .arg(self.keys.channel(room))
+            .arg(protocol::member_prefix(room));
+        if let Some(user) = user {
+            invocation.arg(user.as_str()).arg(&self.instance);
+        }
+        let mut conn = self.conn.clone();
+        self.bounded("presence", invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
+    }
+
+    /// The users with a live presence entry in `room`, each once, sorted.
+    pub async fn presence(&self, room: &Room) -> Result<Vec<String>, StoreError> {
+        let now = crate::store::now_millis();
+        let mut conn = self.conn.clone();
+        let mut query = redis::cmd("ZRANGEBYSCORE");
+        query
+            .arg(self.keys.presence(room))
+            .arg(format!("({now}"))
+            .arg("+inf");
+        let entries: Vec<String> = self
+            .bounded("presence", query.query_async(&mut conn))
+            .await?;
+        let mut users: Vec<String> = entries
+            .iter()
+            .filter_map(|entry| entry.split_once('\n').map(|(user, _)| user.to_owned()))
+            .collect();
+        users.sort();
+        users.dedup();
+        Ok(users)
     }
 
     pub async fn read(&self, room: &Room, slice: Slice) -> Result<Page, StoreError> {
@@ -287,6 +359,10 @@ impl Keys {
 
     fn stream(&self, room: &Room) -> String {
         format!("{}:{{{room}}}:stream", self.prefix)
+    }
+
+    fn presence(&self, room: &Room) -> String {
+        format!("{}:{{{room}}}:presence", self.prefix)
     }
 
     fn channel(&self, room: &Room) -> String {

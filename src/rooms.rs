@@ -19,9 +19,10 @@ use std::time::Duration;
 use event_listener::Event;
 
 use crate::error::{Error, ErrorCode};
-use crate::fields::Room;
+use crate::fields::{Room, User};
 use crate::metrics::Metrics;
 use crate::outbox::{Closed, Outbox, Refused};
+use crate::presence::Presence;
 use crate::protocol::{self, Replay};
 use crate::store::{Delivery, Epoch, FeedEvent, Message, Signal, Slice, Store};
 
@@ -47,6 +48,7 @@ struct Inner {
     store: Arc<Store>,
     /// This instance's name, which tells its own signals from others'.
     instance: String,
+    presence: Presence,
     /// Most live deliveries held back for a member while it joins; beyond it
     /// the join reads the rest from history instead.
     pending_limit: usize,
@@ -72,6 +74,9 @@ struct FeedState {
     /// The highest id the feed has announced: a repair reads up to at least it.
     target: u64,
     members: HashMap<ConnId, Member>,
+    /// Live connections per user, for presence: a user arrives with its
+    /// first and departs with its last.
+    users: HashMap<User, usize>,
     subscription: Subscription,
     /// The room left the registry; tasks still holding it stop.
     removed: bool,
@@ -87,6 +92,9 @@ enum Subscription {
 
 struct Member {
     outbox: Outbox,
+    user: User,
+    /// The member went live and counts in `FeedState::users`.
+    counted: bool,
     state: MemberState,
 }
 
@@ -109,11 +117,13 @@ impl Rooms {
         pending_limit: usize,
         replay_cap: usize,
         metrics: Metrics,
+        presence: Presence,
     ) -> Rooms {
         Rooms(Arc::new(Inner {
             rooms: Mutex::new(HashMap::new()),
             store,
             instance: instance.to_owned(),
+            presence,
             pending_limit,
             replay_cap,
             metrics,
@@ -128,9 +138,10 @@ impl Rooms {
         conn: ConnId,
         outbox: &Outbox,
         room: &Room,
+        user: &User,
         replay: Replay,
     ) -> Result<(), JoinError> {
-        let feed = self.register(conn, outbox, room);
+        let feed = self.register(conn, outbox, room, user);
         let result = self.replay_and_go_live(&feed, conn, outbox, replay).await;
         if result.is_err() {
             self.leave(conn, room);
@@ -145,7 +156,16 @@ impl Rooms {
             return false;
         };
         let mut state = lock(&feed.state);
-        let was_member = state.members.remove(&conn).is_some();
+        let removed = state.members.remove(&conn);
+        let was_member = removed.is_some();
+        if let Some(member) = removed.filter(|m| m.counted) {
+            let count = state.users.entry(member.user.clone()).or_insert(1);
+            *count -= 1;
+            if *count == 0 {
+                state.users.remove(&member.user);
+                self.0.presence.depart(room, &member.user);
+            }
+        }
         if state.members.is_empty() {
             state.removed = true;
             rooms.remove(room);
@@ -157,7 +177,7 @@ impl Rooms {
         was_member
     }
 
-    fn register(&self, conn: ConnId, outbox: &Outbox, room: &Room) -> Arc<RoomFeed> {
+    fn register(&self, conn: ConnId, outbox: &Outbox, room: &Room, user: &User) -> Arc<RoomFeed> {
         let mut rooms = lock(&self.0.rooms);
         let feed = rooms
             .entry(room.clone())
@@ -169,16 +189,22 @@ impl Rooms {
                 })
             })
             .clone();
-        lock(&feed.state).members.insert(
+        let mut state = lock(&feed.state);
+        // A connection joining again stays counted in presence meanwhile.
+        let counted = state.members.get(&conn).is_some_and(|m| m.counted);
+        state.members.insert(
             conn,
             Member {
                 outbox: outbox.clone(),
+                user: user.clone(),
+                counted,
                 state: MemberState::Joining {
                     pending: Vec::new(),
                     stale: false,
                 },
             },
         );
+        drop(state);
         feed
     }
 
@@ -283,6 +309,9 @@ impl Rooms {
                             // held back beyond that arrive again through a
                             // repair, and the members skip what they have.
                             state.cursor = Some((progress.epoch.clone(), progress.head));
+                        }
+                        if next == CatchUp::Live {
+                            self.count_in(&mut state, room, conn);
                         }
                         next
                     }
@@ -407,6 +436,21 @@ impl Rooms {
         }
         hold_back(state, epoch, message, self.0.pending_limit);
         self.0.metrics.delivered(delivered);
+    }
+
+    /// Counts a member that just went live in the room's presence: the
+    /// user's first live connection here makes it arrive.
+    fn count_in(&self, state: &mut FeedState, room: &Room, conn: ConnId) {
+        let Some(member) = state.members.get_mut(&conn).filter(|m| !m.counted) else {
+            return;
+        };
+        member.counted = true;
+        let user = member.user.clone();
+        let count = state.users.entry(user.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.0.presence.arrive(room, &user);
+        }
     }
 
     /// Hands a signal to the room's live members, but not to the connection

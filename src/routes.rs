@@ -97,9 +97,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         ["rooms", room, "presence"] => {
             allow(&req, &[Method::GET])?;
-            Room::parse(room)?;
-            Err(Error::bad_request(
-                "presence is not available on this server yet",
+            let room = Room::parse(room)?;
+            http_identity(app, &req, &room)?;
+            let users = app.store.presence(&room).await.map_err(Error::from)?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::json!({ "users": users }).to_string(),
             ))
         }
         _ => Err(Error::new(

@@ -227,6 +227,48 @@ impl Store {
         }
     }
 
+    /// Records that `user` has a live connection in `room` on this instance
+    /// (or still has: it is the heartbeat too); announces `member` join when
+    /// the user was not in the room anywhere.
+    pub async fn presence_join(&self, room: &Room, user: &User) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => {
+                store.presence_join(room, user).await;
+                Ok(())
+            }
+            Store::Redis(store) => store.presence_op("join", room, Some(user)).await,
+        }
+    }
+
+    /// Records that `user` left `room` on this instance; announces `member`
+    /// leave when it has no connection left there anywhere.
+    pub async fn presence_leave(&self, room: &Room, user: &User) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => {
+                store.presence_leave(room, user).await;
+                Ok(())
+            }
+            Store::Redis(store) => store.presence_op("leave", room, Some(user)).await,
+        }
+    }
+
+    /// Removes the entries of instances that stopped refreshing them, and
+    /// announces the users who thereby left.
+    pub async fn presence_sweep(&self, room: &Room) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(store) => store.presence_op("sweep", room, None).await,
+        }
+    }
+
+    /// The users joined to `room` on any instance, each once, sorted.
+    pub async fn presence(&self, room: &Room) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Memory(store) => Ok(store.presence(room)),
+            Store::Redis(store) => store.presence(room).await,
+        }
+    }
+
     /// Reads part of a room's history.
     pub async fn read(&self, room: &Room, slice: Slice) -> Result<Page, StoreError> {
         match self {

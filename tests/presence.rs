@@ -1,0 +1,132 @@
+//! Presence and member frames over the real wire: who is in a room on any
+//! instance, each user once; join and leave announced once per user, not per
+//! connection; and the users of an instance killed without a goodbye leaving
+//! when their entries expire.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get, on_redis, Client, Redis, Server};
+use serde_json::{json, Value};
+
+async fn member_event(client: &mut Client) -> (String, String) {
+    let (frame, _) = client.recv_type("member").await;
+    (
+        frame["user"].as_str().unwrap().to_owned(),
+        frame["event"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn presence(client: &mut Client, room: &str) -> Value {
+    let answer = client
+        .request(json!({"type":"presence","room":room,"ref":"p"}))
+        .await;
+    assert_eq!(answer["type"], "presence", "{answer}");
+    answer["users"].clone()
+}
+
+async fn joined(server: &Server, user: &str, room: &str) -> Client {
+    let (mut c, _) = Client::welcomed(&server.ws_url(&format!("?user={user}"))).await;
+    c.join(json!({"type":"join","room":room,"history":0})).await;
+    c
+}
+
+#[async_std::test]
+async fn presence_counts_users_not_connections() {
+    let server = Server::start(&[]);
+    let mut alice = joined(&server, "alice", "p").await;
+    assert_eq!(
+        member_event(&mut alice).await,
+        ("alice".into(), "join".into())
+    );
+    let mut bob = joined(&server, "bob", "p").await;
+    assert_eq!(
+        member_event(&mut alice).await,
+        ("bob".into(), "join".into())
+    );
+    // A second connection of alice's is not a second alice.
+    let mut alice_again = joined(&server, "alice", "p").await;
+    assert_eq!(presence(&mut bob, "p").await, json!(["alice", "bob"]));
+    assert_eq!(
+        get(&server.addr, "/rooms/p/presence").json(),
+        json!({"users":["alice","bob"]})
+    );
+    // One of alice's connections leaving is no leave; the last one is.
+    alice_again.send(json!({"type":"leave","room":"p"})).await;
+    drop(alice);
+    assert_eq!(
+        member_event(&mut bob).await,
+        ("bob".into(), "join".into()),
+        "bob's own join came first"
+    );
+    assert_eq!(
+        member_event(&mut bob).await,
+        ("alice".into(), "leave".into())
+    );
+    assert_eq!(presence(&mut bob, "p").await, json!(["bob"]));
+    // Presence of a room without members, and a bad room name.
+    assert_eq!(
+        get(&server.addr, "/rooms/empty/presence").json(),
+        json!({"users":[]})
+    );
+    assert_eq!(get(&server.addr, "/rooms/bad%20name/presence").status, 400);
+}
+
+#[async_std::test]
+async fn presence_spans_instances() {
+    let redis = Redis::start();
+    let a = on_redis(&redis, &[]);
+    let b = on_redis(&redis, &[]);
+    let mut alice_a = joined(&a, "alice", "p").await;
+    assert_eq!(
+        member_event(&mut alice_a).await,
+        ("alice".into(), "join".into())
+    );
+    let mut bob_b = joined(&b, "bob", "p").await;
+    assert_eq!(
+        member_event(&mut alice_a).await,
+        ("bob".into(), "join".into())
+    );
+    let alice_b = joined(&b, "alice", "p").await;
+    assert_eq!(presence(&mut alice_a, "p").await, json!(["alice", "bob"]));
+    assert_eq!(
+        get(&b.addr, "/rooms/p/presence").json(),
+        json!({"users":["alice","bob"]})
+    );
+    // Alice leaves instance B but is still on A: no leave.
+    drop(alice_b);
+    assert_eq!(
+        member_event(&mut bob_b).await,
+        ("bob".into(), "join".into())
+    );
+    drop(alice_a);
+    assert_eq!(
+        member_event(&mut bob_b).await,
+        ("alice".into(), "leave".into()),
+        "one leave, after the last connection"
+    );
+    assert_eq!(presence(&mut bob_b, "p").await, json!(["bob"]));
+}
+
+#[async_std::test]
+async fn users_of_a_killed_instance_leave_when_their_entries_expire() {
+    let redis = Redis::start();
+    let mut a = on_redis(&redis, &["--presence-ttl-ms", "1500"]);
+    let b = on_redis(&redis, &["--presence-ttl-ms", "1500"]);
+    let _alice = joined(&a, "alice", "p").await;
+    let mut bob = joined(&b, "bob", "p").await;
+    assert_eq!(presence(&mut bob, "p").await, json!(["alice", "bob"]));
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10));
+    // The first member frames bob sees are his own join, then alice's leave.
+    assert_eq!(member_event(&mut bob).await, ("bob".into(), "join".into()));
+    assert_eq!(
+        member_event(&mut bob).await,
+        ("alice".into(), "leave".into())
+    );
+    assert_eq!(presence(&mut bob, "p").await, json!(["bob"]));
+    // Bob, still connected, stays present across many heartbeats.
+    async_std::task::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(presence(&mut bob, "p").await, json!(["bob"]));
+}
