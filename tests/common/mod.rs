@@ -129,6 +129,9 @@ pub struct Client {
     ws: WebSocketStream<TcpStream>,
     /// Frames read while waiting for something else, returned by `recv` first.
     early: std::collections::VecDeque<Value>,
+    /// `member` frames come whenever someone joins or leaves; tests that are
+    /// not about presence do not see them.
+    members: bool,
 }
 
 impl Client {
@@ -150,6 +153,7 @@ impl Client {
         Ok(Client {
             ws,
             early: Default::default(),
+            members: false,
         })
     }
 
@@ -173,16 +177,26 @@ impl Client {
         self.ws.send(message).await.expect("send");
     }
 
+    /// From now on, `recv` returns `member` frames too.
+    pub fn watch_members(&mut self) {
+        self.members = true;
+    }
+
     /// The next frame from the server, as JSON.
     pub async fn recv(&mut self) -> Value {
-        if let Some(frame) = self.early.pop_front() {
-            return frame;
-        }
-        match self.next_message().await {
-            Message::Text(text) => {
-                serde_json::from_str(text.as_str()).expect("server frames are JSON")
+        loop {
+            let frame = match self.early.pop_front() {
+                Some(frame) => frame,
+                None => match self.next_message().await {
+                    Message::Text(text) => {
+                        serde_json::from_str(text.as_str()).expect("server frames are JSON")
+                    }
+                    other => panic!("expected a text frame, got {other:?}"),
+                },
+            };
+            if self.members || frame["type"] != "member" {
+                return frame;
             }
-            other => panic!("expected a text frame, got {other:?}"),
         }
     }
 
