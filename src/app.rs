@@ -31,8 +31,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, store: Store) -> App {
-        let metrics = Metrics::default();
+    pub fn new(config: Config, store: Store, metrics: Metrics) -> App {
         let store = Arc::new(store);
         let presence =
             Presence::start(store.clone(), Duration::from_millis(config.presence_ttl_ms));

@@ -12,6 +12,7 @@ use futures_lite::StreamExt;
 use parlor::app::App;
 use parlor::config::{Command, Config, Flags, TokenFlags};
 use parlor::memory_store::MemoryStore;
+use parlor::metrics::Metrics;
 use parlor::redis_store::{RedisOptions, RedisStore};
 use parlor::store::Store;
 use parlor::{auth, logging, server};
@@ -74,6 +75,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {address}: {e}; is another process using the port? (--port, PORT)"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
+    let metrics = Metrics::default();
     let (store, feed) = match &config.redis {
         None => {
             let (store, feed) = MemoryStore::new(config.history);
@@ -87,6 +89,7 @@ async fn run(config: Config) -> Result<(), String> {
                 timeout: Duration::from_millis(config.redis_timeout_ms),
                 instance: &config.instance,
                 presence_ttl: Duration::from_millis(config.presence_ttl_ms),
+                metrics: metrics.clone(),
             })
             .await?;
             (Store::Redis(store), feed)
@@ -96,7 +99,7 @@ async fn run(config: Config) -> Result<(), String> {
     if config.secret.is_none() {
         log::warn!("no --secret: parlor is open, anyone can connect as any user (set PARLOR_SECRET to require tokens)");
     }
-    let app = Arc::new(App::new(config, store));
+    let app = Arc::new(App::new(config, store, metrics));
     async_std::task::spawn(app.rooms.clone().run_feed(feed));
 
     let shutdown = app.shutdown.clone();

@@ -39,6 +39,8 @@ struct Inner {
     truncated_replays: Counter,
     gap_repairs: Counter,
     slow_closes: Counter,
+    redis_errors: Counter,
+    redis_reconnects: Counter,
     publish_seconds: Histogram,
 }
 
@@ -97,6 +99,18 @@ impl Default for Metrics {
             "Connections closed with 1013 because they fell too far behind",
             slow_closes.clone(),
         );
+        let redis_errors = Counter::default();
+        registry.register(
+            "redis_errors",
+            "Redis calls that failed or timed out",
+            redis_errors.clone(),
+        );
+        let redis_reconnects = Counter::default();
+        registry.register(
+            "redis_feed_reconnects",
+            "Times the Redis live feed connected again after losing its connection",
+            redis_reconnects.clone(),
+        );
         let publish_seconds = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ]);
@@ -117,6 +131,8 @@ impl Default for Metrics {
             truncated_replays,
             gap_repairs,
             slow_closes,
+            redis_errors,
+            redis_reconnects,
             publish_seconds,
         }))
     }
@@ -164,6 +180,14 @@ impl Metrics {
 
     pub fn slow_close(&self) {
         self.0.slow_closes.inc();
+    }
+
+    pub fn redis_error(&self) {
+        self.0.redis_errors.inc();
+    }
+
+    pub fn redis_reconnect(&self) {
+        self.0.redis_reconnects.inc();
     }
 
     /// The Prometheus text exposition of every metric.

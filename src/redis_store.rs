@@ -25,6 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use redis::{Client, Script, Value};
 
 use crate::fields::{Ref, Room, User};
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::store::{
     Delivery, Draft, End, Epoch, FeedEvent, Message, Page, Signal, Slice, StoreError, Stored,
@@ -46,6 +47,7 @@ pub struct RedisOptions<'a> {
     pub instance: &'a str,
     /// How long a presence entry lives without a heartbeat.
     pub presence_ttl: Duration,
+    pub metrics: Metrics,
 }
 
 pub struct RedisStore {
@@ -59,16 +61,18 @@ pub struct RedisStore {
     /// This instance's name, in its presence entries.
     instance: String,
     presence_ttl: Duration,
+    metrics: Metrics,
     subscriber: async_channel::Sender<Command>,
     health: Arc<Health>,
     url: String,
 }
 
-/// What `/readyz` reports: both connections must work.
-#[derive(Default)]
+/// What `/readyz` reports (both connections must work), and the metrics
+/// the connections' tasks keep.
 struct Health {
     commands: AtomicBool,
     feed: AtomicBool,
+    metrics: Metrics,
 }
 
 enum Command {
@@ -89,6 +93,7 @@ impl RedisStore {
             timeout,
             instance,
             presence_ttl,
+            metrics,
         } = options;
         let shown = redact(url);
         let client = Client::open(url).map_err(|e| format!("--redis {shown}: {e}"))?;
@@ -118,7 +123,11 @@ impl RedisStore {
             .map_err(|e| format!("cannot open the Redis live feed at {shown}: {e}"))?;
         let (feed_tx, feed) = async_channel::bounded(1024);
         let (subscriber, commands) = async_channel::unbounded();
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health {
+            commands: AtomicBool::new(false),
+            feed: AtomicBool::new(false),
+            metrics: metrics.clone(),
+        });
         health.commands.store(true, Ordering::Release);
         health.feed.store(true, Ordering::Release);
         async_std::task::spawn(run_subscriber(
@@ -141,6 +150,7 @@ impl RedisStore {
             presence: Script::new(include_str!("presence.lua")),
             instance: instance.to_owned(),
             presence_ttl,
+            metrics: metrics.clone(),
             subscriber,
             health,
             url: shown,
@@ -310,7 +320,11 @@ impl RedisStore {
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match async_std::future::timeout(self.timeout, call).await {
+        let result = async_std::future::timeout(self.timeout, call).await;
+        if !matches!(result, Ok(Ok(_))) {
+            self.metrics.redis_error();
+        }
+        match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(StoreError(format!("Redis {what} failed: {e}"))),
             Err(_) => Err(StoreError(format!(
@@ -463,6 +477,7 @@ async fn run_subscriber(
         backoff = RECONNECT_MIN;
         health.feed.store(true, Ordering::Release);
         if reconnecting {
+            health.metrics.redis_reconnect();
             log::info!(
                 "Redis live feed is back: {} room(s) subscribed again and being repaired",
                 wanted.len()

@@ -204,6 +204,15 @@ async fn two_pages_on_two_instances_chat_and_survive_a_restart() {
     one.log_in("ana");
     two.log_in("ben");
 
+    // Each page shows who is in the room, across instances.
+    one.wait_for(
+        "both in presence",
+        "document.getElementById('present').textContent === '2 here: ana, ben'",
+    );
+    two.wait_for(
+        "both in presence",
+        "document.getElementById('present').textContent === '2 here: ana, ben'",
+    );
     // Typing shows on the other page, and the message clears it.
     one.eval("const t = document.getElementById('text'); t.value = 'hel'; t.dispatchEvent(new Event('input'));");
     two.wait_for(

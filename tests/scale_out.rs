@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    follow, get, ids, live_members, messages, on_redis, post_json, spawn_publisher, Client, Redis,
-    Server,
+    follow, get, ids, live_members, messages, metric, on_redis, post_json, spawn_publisher, Client,
+    Redis, Server,
 };
 use serde_json::json;
 
@@ -330,6 +330,7 @@ async fn readiness_follows_redis_and_a_missing_redis_fails_at_start() {
         (refused.status, refused.error_code().as_str()),
         (503, "unavailable")
     );
+    assert!(metric(&a.addr, "parlor_redis_errors_total") >= 1.0);
     redis.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while get(&a.addr, "/readyz").status != 200 {
@@ -339,6 +340,7 @@ async fn readiness_follows_redis_and_a_missing_redis_fails_at_start() {
         );
         async_std::task::sleep(Duration::from_millis(100)).await;
     }
+    assert!(metric(&a.addr, "parlor_redis_feed_reconnects_total") >= 1.0);
 
     let unused = common::free_port();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))

@@ -32,7 +32,7 @@ function room(name) {
   let r = state.rooms.get(name);
   if (!r) {
     r = { name, epoch: null, lastId: 0, messages: [], outgoing: [], more: false,
-          loading: false, unread: 0, notice: '', typing: new Map() };
+          loading: false, unread: 0, notice: '', typing: new Map(), present: new Set() };
     state.rooms.set(name, r);
     saveRooms();
   }
@@ -119,6 +119,16 @@ function handle(frame) {
       }
       r.epoch = frame.epoch;
       break;
+    case 'presence':
+      if (!r) return;
+      r.present = new Set(frame.users);
+      if (r.name === state.current) renderPresent();
+      break;
+    case 'member':
+      if (!r) return;
+      if (frame.event === 'join') r.present.add(frame.user); else r.present.delete(frame.user);
+      if (r.name === state.current) renderPresent();
+      break;
     case 'typing':
       if (!r) return;
       r.typing.set(frame.user, Date.now() + TYPING_SHOWN_MS);
@@ -136,6 +146,8 @@ function handle(frame) {
       break;
     case 'replayed':
       if (!r) return;
+      // Who is here now; `member` frames keep it current from then on.
+      send({ type: 'presence', room: r.name, ref: `presence-${r.name}` });
       if (frame.truncated) {
         r.notice = 'Some messages you missed are no longer in the room’s history.';
         if (r.name === state.current) renderNotice();
@@ -275,6 +287,12 @@ function renderOutgoing() {
   }
 }
 
+function renderPresent() {
+  const r = state.rooms.get(state.current);
+  const users = r ? [...r.present].sort() : [];
+  $('present').textContent = users.length ? `${users.length} here: ${users.join(', ')}` : '';
+}
+
 function renderTyping() {
   const r = state.rooms.get(state.current);
   const now = Date.now();
@@ -327,6 +345,7 @@ function render() {
   renderOutgoing();
   renderNotice();
   renderTyping();
+  renderPresent();
   renderRooms();
   scrollToBottom();
 }

@@ -676,3 +676,14 @@ pub fn spawn_publisher(
         }
     })
 }
+
+/// The value of a metric without labels, from `/metrics`.
+pub fn metric(addr: &str, name: &str) -> f64 {
+    let body = get(addr, "/metrics").body;
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
