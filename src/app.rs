@@ -25,6 +25,7 @@ pub struct App {
     pub store: Arc<Store>,
     pub rooms: Rooms,
     pub metrics: Metrics,
+    pub presence: Presence,
     /// Set on SIGTERM or SIGINT: stop accepting, close connections with 1001.
     pub shutdown: Flag,
     pub connections: Connections,
@@ -41,7 +42,7 @@ impl App {
             config.outbox,
             config.replay_cap,
             metrics.clone(),
-            presence,
+            presence.clone(),
         );
         App {
             access: Access::new(config.secret.as_deref()),
@@ -54,6 +55,7 @@ impl App {
             store,
             rooms,
             metrics,
+            presence,
             shutdown: Flag::default(),
             connections: Connections::default(),
         }

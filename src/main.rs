@@ -114,7 +114,9 @@ async fn run(config: Config) -> Result<(), String> {
         "parlor instance {} listening on http://{local} (WebSocket at ws://{local}/ws)",
         app.config.instance
     );
-    server::run(app, listener).await;
+    server::run(app.clone(), listener).await;
+    // Departures of the connections that just closed, recorded before exit.
+    let _ = async_std::future::timeout(Duration::from_secs(2), app.presence.flush()).await;
     log::info!("stopped");
     Ok(())
 }

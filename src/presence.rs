@@ -26,6 +26,8 @@ pub struct Presence {
 enum Change {
     Arrive(Room, User),
     Depart(Room, User),
+    /// Answered once every change before it is recorded.
+    Flush(async_channel::Sender<()>),
 }
 
 impl Presence {
@@ -49,6 +51,15 @@ impl Presence {
         let _ = self
             .changes
             .try_send(Change::Depart(room.clone(), user.clone()));
+    }
+
+    /// Waits until every change so far is recorded: on shutdown, so that the
+    /// users of a draining instance leave at once rather than on expiry.
+    pub async fn flush(&self) {
+        let (done, finished) = async_channel::bounded(1);
+        if self.changes.send(Change::Flush(done)).await.is_ok() {
+            let _ = finished.recv().await;
+        }
     }
 }
 
@@ -78,6 +89,9 @@ async fn run(store: Arc<Store>, ttl: Duration, changes: async_channel::Receiver<
                     );
                 }
                 here.remove(&(room, user));
+            }
+            Some(Change::Flush(done)) => {
+                let _ = done.try_send(());
             }
             None if changes.is_closed() => return,
             None => {

@@ -118,3 +118,19 @@ async fn users_of_a_killed_instance_leave_when_their_entries_expire() {
     async_std::task::sleep(Duration::from_millis(3500)).await;
     assert_eq!(presence(&mut bob, "p").await, json!(["bob"]));
 }
+
+#[async_std::test]
+async fn users_of_a_draining_instance_leave_at_once() {
+    let redis = Redis::start();
+    // The default expiry is 30 s, longer than any wait here: the leave
+    // must come from the drain, not from expiry.
+    let mut a = on_redis(&redis, &[]);
+    let b = on_redis(&redis, &[]);
+    let _alice = joined(&a, "alice", "p").await;
+    let mut bob = joined(&b, "bob", "p").await;
+    assert_eq!(presence(&mut bob, "p").await, json!(["alice", "bob"]));
+    a.signal("TERM");
+    until_member(&mut bob, "alice", "leave").await;
+    assert_eq!(a.wait_exit(Duration::from_secs(15)).code(), Some(0));
+    assert_eq!(presence(&mut bob, "p").await, json!(["bob"]));
+}
