@@ -76,7 +76,9 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
     let started = std::time::Instant::now();
     let mut open = outbox.push(welcome).await.is_ok();
     if let (true, Some(room)) = (open, params.room) {
-        open = session.join(None, room, params.replay).await.is_ok();
+        open = Box::pin(session.join(None, room, params.replay))
+            .await
+            .is_ok();
     }
     while open {
         let next = async { Some(receiver.next().await) }
@@ -102,7 +104,11 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
             .await;
         open = match next {
             None | Some(None) => false,
-            Some(Some(Ok(WsMessage::Text(text)))) => session.handle(text.as_str()).await.is_ok(),
+            // Boxed: handling a request is a large future that an idle
+            // connection would otherwise carry inline all its life.
+            Some(Some(Ok(WsMessage::Text(text)))) => {
+                Box::pin(session.handle(text.as_str())).await.is_ok()
+            }
             Some(Some(Ok(WsMessage::Binary(_)))) => session
                 .refuse(
                     None,

@@ -191,7 +191,8 @@ impl Writer {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let close = async {
-            let mut batch = Vec::with_capacity(BATCH);
+            // Grown on use: an idle connection keeps no batch space.
+            let mut batch = Vec::new();
             loop {
                 let Ok(first) = self.items.recv().await else {
                     return None;

@@ -30,9 +30,9 @@ use crate::store::{Draft, Epoch, Slice};
 pub type Body = Full<Bytes>;
 
 /// Read buffer of an upgraded WebSocket. tungstenite's default is 128 KiB and
-/// is touched at once; a few KiB is plenty for chat frames and keeps an idle
+/// is touched at once; 1 KiB holds most chat frames whole and keeps an idle
 /// connection small. Larger frames still arrive, in several reads.
-const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_READ_BUFFER: usize = 1024;
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     match route(&app, req).await {
@@ -279,9 +279,14 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
             .write_buffer_size(0)
             .max_message_size(Some(app.config.max_frame))
             .max_frame_size(Some(app.config.max_frame));
+        // Only the bytes hyper read past the request are kept: its read
+        // buffer (8 KiB) is freed here rather than held for the connection's life.
+        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        let early = read_buf.to_vec();
+        drop(read_buf);
         let ws = WebSocketStream::from_partially_read(
-            parts.io.into_inner(),
-            parts.read_buf.to_vec(),
+            io.into_inner(),
+            early,
             Role::Server,
             Some(config),
         )
