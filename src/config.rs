@@ -94,6 +94,12 @@ pub struct Flags {
     #[argh(option)]
     pub outbox: Option<usize>,
 
+    /// milliseconds of silence from a client after which it is pinged; a
+    /// client silent for two of them is taken for gone and dropped
+    /// [PARLOR_PING_INTERVAL_MS, default 25000]
+    #[argh(option)]
+    pub ping_interval_ms: Option<u64>,
+
     /// milliseconds after which the users of an instance that died without a
     /// goodbye leave presence [PARLOR_PRESENCE_TTL_MS, default 30000]
     #[argh(option)]
@@ -194,6 +200,7 @@ pub struct Config {
     pub outbox: usize,
     pub header_timeout_ms: u64,
     pub presence_ttl_ms: u64,
+    pub ping_interval_ms: u64,
     pub drain_seconds: u64,
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
@@ -245,6 +252,12 @@ impl Config {
             rate: pick(flags.rate, &env, "PARLOR_RATE", 100)?,
             burst: pick(flags.burst, &env, "PARLOR_BURST", 200)?,
             outbox: pick(flags.outbox, &env, "PARLOR_OUTBOX", 4096)?,
+            ping_interval_ms: pick(
+                flags.ping_interval_ms,
+                &env,
+                "PARLOR_PING_INTERVAL_MS",
+                25_000,
+            )?,
             presence_ttl_ms: pick(
                 flags.presence_ttl_ms,
                 &env,
@@ -319,6 +332,7 @@ impl Config {
             ("--burst", self.burst as usize),
             ("--header-timeout-ms", self.header_timeout_ms as usize),
             ("--presence-ttl-ms", self.presence_ttl_ms as usize),
+            ("--ping-interval-ms", self.ping_interval_ms as usize),
         ];
         for (flag, value) in positive {
             if value == 0 {

@@ -80,15 +80,21 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
             .await
             .is_ok();
     }
+    // Silence is answered with a ping; silence through a whole interval after
+    // it means the peer is gone (a half-open connection), and it is dropped.
+    let ping_interval = Duration::from_millis(app.config.ping_interval_ms);
+    let mut last_heard = std::time::Instant::now();
+    let mut pinged = false;
     while open {
-        let next = async { Some(receiver.next().await) }
+        let quiet_for = ping_interval.saturating_sub(last_heard.elapsed());
+        let next = async { Next::Frame(receiver.next().await) }
             .or(async {
                 app.shutdown.wait().await;
-                None
+                Next::Stop
             })
             .or(async {
                 outbox.closed().await;
-                None
+                Next::Stop
             })
             .or(async {
                 match expiry {
@@ -99,34 +105,48 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
                     }
                     None => std::future::pending::<()>().await,
                 }
-                None
+                Next::Stop
+            })
+            .or(async {
+                async_std::task::sleep(quiet_for).await;
+                Next::Quiet
             })
             .await;
-        open = match next {
-            None | Some(None) => false,
+        let frame = match next {
+            Next::Stop | Next::Frame(None) => break,
+            Next::Quiet if pinged => {
+                log::info!("connection {id}: no answer to a ping; dropping it");
+                break;
+            }
+            Next::Quiet => {
+                outbox.ping();
+                pinged = true;
+                last_heard = std::time::Instant::now();
+                continue;
+            }
+            Next::Frame(Some(frame)) => frame,
+        };
+        last_heard = std::time::Instant::now();
+        pinged = false;
+        open = match frame {
             // Boxed: handling a request is a large future that an idle
             // connection would otherwise carry inline all its life.
-            Some(Some(Ok(WsMessage::Text(text)))) => {
-                Box::pin(session.handle(text.as_str())).await.is_ok()
-            }
-            Some(Some(Ok(WsMessage::Binary(_)))) => session
+            Ok(WsMessage::Text(text)) => Box::pin(session.handle(text.as_str())).await.is_ok(),
+            Ok(WsMessage::Binary(_)) => session
                 .refuse(
                     None,
                     Error::bad_request("binary frames are not supported; send JSON text frames"),
                 )
                 .await
                 .is_ok(),
-            Some(Some(Ok(WsMessage::Close(_)))) => false,
-            Some(Some(Ok(_))) => true,
-            Some(Some(Err(WsError::Capacity(CapacityError::MessageTooLong {
-                size,
-                max_size,
-            })))) => {
+            Ok(WsMessage::Close(_)) => false,
+            Ok(_) => true,
+            Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
                 log::info!("connection {id}: message of {size} bytes over the {max_size} limit; closing with 1009");
                 outbox.close_now(TOO_BIG, "message too large");
                 false
             }
-            Some(Some(Err(e))) => {
+            Err(e) => {
                 log::debug!("connection {id}: {e}");
                 false
             }
@@ -146,6 +166,15 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
     app.connections.remove();
     app.metrics.connection_closed();
     log::debug!("connection {id} closed");
+}
+
+/// What woke the reader loop.
+enum Next {
+    Frame(Option<Result<WsMessage, WsError>>),
+    /// Shutdown, a close requested elsewhere, or the token expired.
+    Stop,
+    /// Nothing heard from the client for a ping interval.
+    Quiet,
 }
 
 struct Session {

@@ -41,6 +41,8 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 
 enum Item {
     Frame(Frame),
+    /// A WebSocket ping, to find out whether the peer is still there.
+    Ping,
     /// Close after the frames queued before it.
     Close(u16, &'static str),
 }
@@ -135,6 +137,14 @@ impl Outbox {
         self.0.queue.try_send(Item::Frame(frame)).is_ok()
     }
 
+    /// Queues a ping; the peer's pong (or anything else it sends) shows it is
+    /// still there.
+    pub fn ping(&self) {
+        if !self.is_closed() {
+            let _ = self.0.queue.try_send(Item::Ping);
+        }
+    }
+
     /// Closes the connection after the frames already queued (a graceful close).
     pub fn close(&self, code: u16, reason: &'static str) {
         if self.0.closed.set() {
@@ -209,6 +219,15 @@ impl Writer {
                         Item::Frame(frame) => {
                             self.taken();
                             if socket.feed(WsMessage::Text(frame)).await.is_err() {
+                                return None;
+                            }
+                        }
+                        Item::Ping => {
+                            if socket
+                                .feed(WsMessage::Ping(Default::default()))
+                                .await
+                                .is_err()
+                            {
                                 return None;
                             }
                         }

@@ -202,3 +202,31 @@ async fn a_slow_reader_costs_bounded_memory() {
     );
     drop(stalled);
 }
+
+#[async_std::test]
+async fn a_client_that_stops_answering_pings_is_dropped() {
+    let server = Server::start(&["--ping-interval-ms", "200"]);
+    // This one keeps reading, so its client library answers the pings.
+    let (mut alive, _) = Client::welcomed(&server.ws_url("?user=alive")).await;
+    // This one never reads again: it looks like a peer that vanished.
+    let (_gone, _) = Client::welcomed(&server.ws_url("?user=gone")).await;
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        // Reading for a while answers the server's pings on the way.
+        let _ = async_std::future::timeout(Duration::from_millis(300), alive.recv_raw()).await;
+        if common::metric(&server.addr, "parlor_connections") == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent connection was not dropped"
+        );
+    }
+    let answer = alive
+        .request(json!({"type":"history","room":"r","ref":"still"}))
+        .await;
+    assert_eq!(
+        answer["type"], "history",
+        "the answering client is still connected"
+    );
+}

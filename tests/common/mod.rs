@@ -191,6 +191,8 @@ impl Client {
                     Message::Text(text) => {
                         serde_json::from_str(text.as_str()).expect("server frames are JSON")
                     }
+                    // The server's keepalive; tungstenite answers it.
+                    Message::Ping(_) | Message::Pong(_) => continue,
                     other => panic!("expected a text frame, got {other:?}"),
                 },
             };
