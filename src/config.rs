@@ -28,6 +28,12 @@ pub struct Flags {
     #[argh(option)]
     pub redis: Option<String>,
 
+    /// auto (ask the server), standalone or cluster; parlor runs on one
+    /// Redis, and says so clearly when pointed at a cluster
+    /// [REDIS_MODE, default auto]
+    #[argh(option)]
+    pub redis_mode: Option<String>,
+
     /// prefix of every Redis key and channel, so that several deployments can
     /// share one Redis [REDIS_PREFIX, default parlor]
     #[argh(option)]
@@ -170,6 +176,14 @@ pub struct TokenFlags {
     pub ttl: String,
 }
 
+/// Which kind of Redis deployment `--redis` points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    Auto,
+    Standalone,
+    Cluster,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -184,6 +198,7 @@ pub struct Config {
     pub port: u16,
     pub bind: IpAddr,
     pub redis: Option<String>,
+    pub redis_mode: RedisMode,
     pub redis_prefix: String,
     pub redis_timeout_ms: u64,
     pub history: usize,
@@ -223,6 +238,16 @@ impl Config {
                 .redis
                 .or_else(|| env("REDIS_URL"))
                 .filter(|url| !url.trim().is_empty()),
+            redis_mode: match flags.redis_mode.or_else(|| env("REDIS_MODE")).as_deref() {
+                None | Some("auto") => RedisMode::Auto,
+                Some("standalone") => RedisMode::Standalone,
+                Some("cluster") => RedisMode::Cluster,
+                Some(other) => {
+                    return Err(format!(
+                        "--redis-mode: `{other}` is not one of auto, standalone, cluster"
+                    ))
+                }
+            },
             redis_prefix: pick(
                 flags.redis_prefix,
                 &env,

@@ -84,6 +84,7 @@ async fn run(config: Config) -> Result<(), String> {
         Some(url) => {
             let (store, feed) = RedisStore::connect(RedisOptions {
                 url,
+                mode: config.redis_mode,
                 prefix: &config.redis_prefix,
                 history: config.history,
                 timeout: Duration::from_millis(config.redis_timeout_ms),

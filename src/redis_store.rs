@@ -24,6 +24,7 @@ use futures_lite::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{Client, Script, Value};
 
+use crate::config::RedisMode;
 use crate::fields::{Ref, Room, User};
 use crate::metrics::Metrics;
 use crate::protocol;
@@ -41,6 +42,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// What the Redis store needs to know.
 pub struct RedisOptions<'a> {
     pub url: &'a str,
+    pub mode: RedisMode,
     pub prefix: &'a str,
     pub history: usize,
     pub timeout: Duration,
@@ -88,6 +90,7 @@ impl RedisStore {
     ) -> Result<(RedisStore, async_channel::Receiver<FeedEvent>), String> {
         let RedisOptions {
             url,
+            mode,
             prefix,
             history,
             timeout,
@@ -96,6 +99,11 @@ impl RedisStore {
             metrics,
         } = options;
         let shown = redact(url);
+        if url.contains(',') || mode == RedisMode::Cluster {
+            return Err(format!(
+                "--redis {shown}: a Redis Cluster (several seed URLs, or --redis-mode cluster) is not supported yet; give one standalone Redis"
+            ));
+        }
         let client = Client::open(url).map_err(|e| format!("--redis {shown}: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -112,6 +120,18 @@ impl RedisStore {
             .query_async::<String>(&mut conn)
             .await
             .map_err(|e| format!("Redis at {shown} does not answer PING: {e}"))?;
+        if mode == RedisMode::Auto {
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("Redis at {shown} does not answer INFO: {e}"))?;
+            if info.contains("cluster_enabled:1") {
+                return Err(format!(
+                    "the Redis at {shown} is a cluster node, and a Redis Cluster is not supported yet; give one standalone Redis"
+                ));
+            }
+        }
 
         let keys = Keys {
             prefix: prefix.to_owned(),
@@ -309,7 +329,7 @@ impl RedisStore {
 
     pub fn describe(&self) -> String {
         format!(
-            "Redis store at {}, key prefix {:?}: rooms are shared with every instance on it",
+            "Redis store (standalone) at {}, key prefix {:?}: rooms are shared with every instance on it",
             self.url, self.keys.prefix
         )
     }

@@ -374,3 +374,35 @@ async fn typing_crosses_instances() {
         .await;
     assert_eq!(answer["messages"], json!([]), "the typist got nothing back");
 }
+
+#[async_std::test]
+async fn a_redis_cluster_is_refused_with_one_clear_line() {
+    let cluster_node = Redis::start_with(&["--cluster-enabled", "yes"]);
+    let standalone = Redis::start();
+    for args in [
+        vec!["--redis".to_owned(), cluster_node.url()],
+        vec![
+            "--redis".to_owned(),
+            standalone.url(),
+            "--redis-mode".into(),
+            "cluster".into(),
+        ],
+        vec![
+            "--redis".to_owned(),
+            format!("{},{}", standalone.url(), cluster_node.url()),
+        ],
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args(["--port", "0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("Cluster"), "{stderr}");
+    }
+    // --redis-mode standalone on a standalone Redis runs.
+    let server = on_redis(&standalone, &["--redis-mode", "standalone"]);
+    assert_eq!(get(&server.addr, "/readyz").status, 200);
+}
