@@ -20,7 +20,7 @@ use crate::auth::Identity;
 use crate::bucket::TokenBucket;
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Ref, Room};
-use crate::outbox::{Closed, Outbox, GOING_AWAY, POLICY, TOO_BIG};
+use crate::outbox::{Closed, Outbox, GOING_AWAY, NORMAL, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
 use crate::rooms::{ConnId, JoinError};
 use crate::store::{Draft, Signal, Slice};
@@ -156,7 +156,13 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
     for room in session.joined.drain() {
         app.rooms.leave(id, &room);
     }
-    outbox.close(GOING_AWAY, "server shutting down");
+    // Unless a close was requested already (then this one changes nothing),
+    // the server is draining or the client is leaving or gone.
+    if app.shutdown.is_set() {
+        outbox.close(GOING_AWAY, "server shutting down");
+    } else {
+        outbox.close(NORMAL, "");
+    }
     // The closing handshake: while the writer sends what is queued and the
     // close frame, what the client still sends is read and dropped until it
     // answers the close. Dropping the socket with unread data would reset it,

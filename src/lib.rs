@@ -12,6 +12,7 @@ pub mod connection;
 pub mod error;
 pub mod fields;
 pub mod flag;
+pub mod lock;
 pub mod logging;
 pub mod memory_store;
 pub mod metrics;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use async_std::sync::Mutex;
 
 use crate::fields::{Ref, Room, User};
+use crate::lock::lock;
 use crate::protocol;
 use crate::store::{
     now_millis, Delivery, Draft, End, Epoch, FeedEvent, Message, Page, Signal, Slice, Stored,
@@ -202,10 +203,6 @@ impl MemoryStore {
             .or_insert_with(RoomLog::new)
             .page(slice)
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ const BATCH: usize = 64;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Close codes parlor sends (PROTOCOL.md, "Close codes").
+pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 pub const POLICY: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;

@@ -13,13 +13,14 @@
 //! lock with the held-back deliveries that come after what the replay covered.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_listener::Event;
 
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Room, User};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::outbox::{Closed, Outbox, Refused};
 use crate::presence::Presence;
@@ -703,10 +704,4 @@ fn mark_joiners_stale(state: &mut FeedState) {
             *stale = true;
         }
     }
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves the
-/// state consistent before anything in it can panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
