@@ -37,30 +37,49 @@ const WS_READ_BUFFER: usize = 1024;
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     match route(&app, req).await {
         Ok(response) => response,
-        Err(error) => {
+        Err(Refusal { error, allow }) => {
             if error.code != ErrorCode::NotFound {
                 app.metrics.refused(error.code);
             }
-            error_response(&error)
+            let mut response = error_response(&error);
+            if let Some(methods) = allow {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(methods));
+            }
+            response
         }
     }
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+/// Why a route said no: the error, and for a method it does not take, the
+/// methods it does (the Allow header).
+struct Refusal {
+    error: Error,
+    allow: Option<&'static str>,
+}
+
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Refusal {
+        Refusal { error, allow: None }
+    }
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
     match segments.as_slice() {
         ["" | "app.js" | "app.css"] => {
-            allow(&req, &[Method::GET, Method::HEAD])?;
+            allow(&req, "GET, HEAD")?;
             let asset = page::asset(&path).expect("the page has these files");
             Ok(page_file(&req, asset))
         }
         ["healthz"] => {
-            allow(&req, &[Method::GET])?;
+            allow(&req, "GET")?;
             Ok(text(StatusCode::OK, "ok\n"))
         }
         ["readyz"] => {
-            allow(&req, &[Method::GET])?;
+            allow(&req, "GET")?;
             Ok(if app.shutdown.is_set() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else if app.store.is_ready() {
@@ -73,7 +92,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             })
         }
         ["metrics"] => {
-            allow(&req, &[Method::GET])?;
+            allow(&req, "GET")?;
             let mut response = Response::new(Body::from(app.metrics.render()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -82,21 +101,23 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             Ok(response)
         }
         ["ws"] => {
-            allow(&req, &[Method::GET])?;
-            upgrade(app, req)
+            allow(&req, "GET")?;
+            Ok(upgrade(app, req)?)
         }
         ["rooms", room, "messages"] => {
             let room = Room::parse(room)?;
             if req.method() == Method::POST {
-                post_message(app, room, req).await
+                post_message(app, room, req).await.map_err(Refusal::from)
             } else {
-                allow(&req, &[Method::GET, Method::POST])?;
+                allow(&req, "GET, POST")?;
                 http_identity(app, &req, &room)?;
-                read_messages(app, room, &Query::parse(req.uri().query())?).await
+                read_messages(app, room, &Query::parse(req.uri().query())?)
+                    .await
+                    .map_err(Refusal::from)
             }
         }
         ["rooms", room, "presence"] => {
-            allow(&req, &[Method::GET])?;
+            allow(&req, "GET")?;
             let room = Room::parse(room)?;
             http_identity(app, &req, &room)?;
             let users = app.store.presence(&room).await.map_err(Error::from)?;
@@ -105,39 +126,29 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
                 serde_json::json!({ "users": users }).to_string(),
             ))
         }
-        _ => Err(Error::new(
-            ErrorCode::NotFound,
-            format!("no route for {path}"),
-        )),
+        _ => Err(Error::new(ErrorCode::NotFound, format!("no route for {path}")).into()),
     }
 }
 
 /// Refuses a method that the route does not take, naming the ones it does.
-fn allow(req: &Request<Incoming>, methods: &[Method]) -> Result<(), Error> {
-    if methods.contains(req.method()) {
+fn allow(req: &Request<Incoming>, methods: &'static str) -> Result<(), Refusal> {
+    if methods.split(", ").any(|m| m == req.method().as_str()) {
         return Ok(());
     }
-    let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
-    Err(Error::new(
-        ErrorCode::MethodNotAllowed,
-        format!("{} takes {}", req.uri().path(), names.join(", ")),
-    ))
+    Err(Refusal {
+        error: Error::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{} takes {methods}", req.uri().path()),
+        ),
+        allow: Some(methods),
+    })
 }
 
 fn error_response(error: &Error) -> Response<Body> {
-    let mut response = json(
+    json(
         StatusCode::from_u16(error.code.http_status()).expect("valid status"),
         error.http_body(),
-    );
-    if error.code == ErrorCode::MethodNotAllowed {
-        // "… takes GET, POST": the Allow header says the same for machines.
-        if let Some((_, methods)) = error.message.split_once(" takes ") {
-            if let Ok(value) = HeaderValue::from_str(methods) {
-                response.headers_mut().insert(header::ALLOW, value);
-            }
-        }
-    }
-    response
+    )
 }
 
 fn json(status: StatusCode, body: String) -> Response<Body> {
