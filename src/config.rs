@@ -23,14 +23,14 @@ pub struct Flags {
     pub bind: Option<IpAddr>,
 
     /// the Redis to share rooms and history with other instances, such as
-    /// redis://127.0.0.1:6379 [REDIS_URL, default: none, the embedded
-    /// in-memory store, one instance alone]
+    /// redis://127.0.0.1:6379, or seed nodes of a Redis Cluster separated by
+    /// commas [REDIS_URL, default: none, the embedded in-memory store, one
+    /// instance alone]
     #[argh(option)]
     pub redis: Option<String>,
 
-    /// auto (ask the server), standalone or cluster; parlor runs on one
-    /// Redis, and says so clearly when pointed at a cluster
-    /// [REDIS_MODE, default auto]
+    /// auto (ask the server; several URLs mean a cluster), standalone or
+    /// cluster [REDIS_MODE, default auto]
     #[argh(option)]
     pub redis_mode: Option<String>,
 
@@ -43,6 +43,18 @@ pub struct Flags {
     /// `unavailable` [REDIS_TIMEOUT_MS, default 2000]
     #[argh(option)]
     pub redis_timeout_ms: Option<u64>,
+
+    /// replicas a message must reach (WAIT) before it is delivered and
+    /// acked, so that a failover cannot lose it; at most as many as the
+    /// room's master has online, 0 to not wait [REDIS_REPLICAS, default 1]
+    #[argh(option)]
+    pub redis_replicas: Option<usize>,
+
+    /// milliseconds a send keeps retrying while Redis fails over, before it
+    /// is answered `unavailable` [REDIS_RETRY_MS, default 10000 on a
+    /// cluster, 0 on a standalone Redis]
+    #[argh(option)]
+    pub redis_retry_ms: Option<u64>,
 
     /// messages kept per room [HISTORY, default 10000]
     #[argh(option)]
@@ -201,6 +213,9 @@ pub struct Config {
     pub redis_mode: RedisMode,
     pub redis_prefix: String,
     pub redis_timeout_ms: u64,
+    pub redis_replicas: usize,
+    /// `None`: by mode.
+    pub redis_retry_ms: Option<u64>,
     pub history: usize,
     pub instance: String,
     pub max_text: usize,
@@ -255,6 +270,17 @@ impl Config {
                 "parlor".to_owned(),
             )?,
             redis_timeout_ms: pick(flags.redis_timeout_ms, &env, "REDIS_TIMEOUT_MS", 2000)?,
+            redis_replicas: pick(flags.redis_replicas, &env, "REDIS_REPLICAS", 1)?,
+            redis_retry_ms: match flags.redis_retry_ms {
+                Some(ms) => Some(ms),
+                None => env("REDIS_RETRY_MS")
+                    .map(|raw| {
+                        raw.trim().parse().map_err(|_| {
+                            format!("REDIS_RETRY_MS={raw:?} is not a valid value; see --help")
+                        })
+                    })
+                    .transpose()?,
+            },
             history: pick(flags.history, &env, "HISTORY", 10_000)?,
             instance: pick(
                 flags.instance,

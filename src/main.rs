@@ -88,6 +88,8 @@ async fn run(config: Config) -> Result<(), String> {
                 prefix: &config.redis_prefix,
                 history: config.history,
                 timeout: Duration::from_millis(config.redis_timeout_ms),
+                retry: config.redis_retry_ms.map(Duration::from_millis),
+                replicas: config.redis_replicas,
                 instance: &config.instance,
                 presence_ttl: Duration::from_millis(config.presence_ttl_ms),
                 metrics: metrics.clone(),

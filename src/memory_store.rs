@@ -260,7 +260,7 @@ mod tests {
             let delivered: Vec<u64> = std::iter::from_fn(|| feed.try_recv().ok())
                 .map(|e| match e {
                     FeedEvent::Delivery(d) => d.message.id,
-                    FeedEvent::Resync | FeedEvent::Signal(_) => 0,
+                    FeedEvent::Repair(_) | FeedEvent::Signal(_) => 0,
                 })
                 .collect();
             assert_eq!(delivered, vec![1, 2, 3, 4, 5, 1]);

@@ -1,3 +1,4 @@
+#!lua
 -- Who is in a room, across instances: one sorted set per room whose members
 -- are `user \n instance` and whose scores are expiry times (ms). An instance
 -- that dies stops refreshing its entries; a sweep on any other instance then
@@ -28,7 +29,7 @@ end
 
 local function announce(user, event)
   local frame = prefix .. cjson.encode(user) .. ',"event":"' .. event .. '"}'
-  redis.call('PUBLISH', channel, '~- ' .. frame)
+  redis.call('SPUBLISH', channel, '~- ' .. frame)
 end
 
 if op == 'join' then

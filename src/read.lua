@@ -1,5 +1,7 @@
+#!lua
 -- Reads part of a room's history, with where it stands: one round trip, one
--- consistent view.
+-- consistent view. Nothing above the meta's `safe` mark is shown (see
+-- publish.lua): the head reported is the last id that may be seen.
 --
 -- KEYS[1] the room's meta hash (epoch, head)   KEYS[2] the room's stream
 -- ARGV: after (ids strictly above), before (strictly below, or '+' for none),
@@ -14,23 +16,28 @@ local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   epoch = fresh_epoch
   redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', epoch, 'head', 0)
+  redis.call('HSET', meta, 'epoch', epoch, 'head', 0, 'safe', 0)
 end
 local head = tonumber(redis.call('HGET', meta, 'head'))
+local safe = redis.call('HGET', meta, 'safe')
+if safe then
+  head = math.min(head, tonumber(safe))
+end
 
 local first = head + 1
 local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 if #oldest > 0 then
-  first = tonumber(string.match(oldest[1][1], '^(%d+)'))
+  first = math.min(tonumber(string.match(oldest[1][1], '^(%d+)')), head + 1)
 end
 
 local entries = {}
 if limit > 0 then
   local lo = '(' .. after .. '-0'
-  local hi = '+'
+  local below = head + 1
   if before ~= '+' then
-    hi = '(' .. before .. '-0'
+    below = math.min(below, tonumber(before))
   end
+  local hi = '(' .. below .. '-0'
   if from == 'oldest' then
     entries = redis.call('XRANGE', stream, lo, hi, 'COUNT', limit)
   else

@@ -1,51 +1,65 @@
 //! The Redis store: history in a Stream per room, ids and epochs in a small
-//! hash, the live feed over Pub/Sub, so that any number of instances share
-//! rooms through one Redis.
+//! hash, the live feed over sharded Pub/Sub, so that any number of instances
+//! share rooms through one Redis or one Redis Cluster.
 //!
 //! Key layout (ARCHITECTURE.md has the table): every key and the channel of a
 //! room carry the room in a hash tag, `{room}`, so they live in one slot and
-//! a Redis Cluster can come later without moving data.
+//! each script touches one node. Scripts start with `#!lua`, which makes
+//! Redis refuse keys or channels of another slot before anything is written.
 //!
-//! Two connections: commands go over a multiplexed connection that the redis
-//! crate reconnects by itself; the live feed has a connection of its own,
-//! owned by a subscriber task here. The set of rooms this instance wants is
-//! kept by that task, not by the crate, so that after any disconnection it
-//! subscribes them all again itself and tells the rooms to repair from the
-//! streams (`FeedEvent::Resync`): nothing published while the feed was down
-//! is skipped.
+//! Commands go over one connection (`Commands`: standalone or cluster); the
+//! live feed is `feed.rs`. Sharded Pub/Sub (`SPUBLISH`/`SSUBSCRIBE`) is used
+//! on a standalone Redis too: one code path for both deployments, tested in
+//! both, and on one node it costs the same as plain Pub/Sub. It needs Redis 7,
+//! which the `#!lua` flags need anyway.
+//!
+//! Replication in Redis is asynchronous, so a replica promoted in a failover
+//! can lack the newest messages and would give their ids to others. When the
+//! room's master has replicas online, a message is therefore stored, then
+//! `WAIT`ed for on `--redis-replicas` of them, and only then published,
+//! shown to reads (the meta's `safe` mark) and acked: nothing anyone has seen
+//! can be lost by a failover.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use futures_lite::{FutureExt, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
-use redis::{Client, Script, Value};
+use redis::aio::ConnectionManagerConfig;
+use redis::cluster::ClusterClientBuilder;
+use redis::{Client, ConnectionAddr, RedisError, Script, Value};
 
 use crate::config::RedisMode;
+use crate::feed::{self, Command, FeedSetup};
 use crate::fields::{Ref, Room, User};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::protocol;
+use crate::redis_commands::Commands;
 use crate::store::{
-    Delivery, Draft, End, Epoch, FeedEvent, Message, Page, Signal, Slice, StoreError, Stored,
-    REF_MEMORY,
+    Draft, End, Epoch, FeedEvent, Message, Page, Signal, Slice, StoreError, Stored, REF_MEMORY,
 };
+use crate::topology::{slot_of, Topology};
 
 /// How often the command connection is checked for readiness.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-/// Wait between attempts to bring the live feed back.
-const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Pause between attempts of a send while Redis fails over.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// What the Redis store needs to know.
 pub struct RedisOptions<'a> {
+    /// One URL, or several seed nodes of a cluster separated by commas.
     pub url: &'a str,
     pub mode: RedisMode,
     pub prefix: &'a str,
     pub history: usize,
     pub timeout: Duration,
+    /// How long a send keeps retrying while Redis fails over; `None` picks
+    /// by mode.
+    pub retry: Option<Duration>,
+    /// Replicas a message must reach before it is published and acked (up to
+    /// as many as the room's master has online).
+    pub replicas: usize,
     pub instance: &'a str,
     /// How long a presence entry lives without a heartbeat.
     pub presence_ttl: Duration,
@@ -53,11 +67,14 @@ pub struct RedisOptions<'a> {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Commands,
     keys: Keys,
     history: usize,
     timeout: Duration,
+    retry: Duration,
+    replicas: usize,
     publish: Script,
+    announce: Script,
     read: Script,
     presence: Script,
     /// This instance's name, in its presence entries.
@@ -65,26 +82,23 @@ pub struct RedisStore {
     presence_ttl: Duration,
     metrics: Metrics,
     subscriber: async_channel::Sender<Command>,
-    health: Arc<Health>,
+    shared: Arc<Shared>,
     url: String,
 }
 
-/// What `/readyz` reports (both connections must work), and the metrics
-/// the connections' tasks keep.
-struct Health {
+/// What the store, its health task and the live feed share: readiness for
+/// `/readyz`, the metrics, and the topology the feed keeps current.
+pub struct Shared {
     commands: AtomicBool,
-    feed: AtomicBool,
-    metrics: Metrics,
-}
-
-enum Command {
-    Subscribe(Room, async_channel::Sender<Result<(), StoreError>>),
-    Unsubscribe(Room),
+    pub feed: AtomicBool,
+    pub metrics: Metrics,
+    pub topology: Mutex<Arc<Topology>>,
 }
 
 impl RedisStore {
-    /// Connects to Redis at `url`, checks that it answers, and starts the
-    /// subscriber and health tasks. Returns the store and its live feed.
+    /// Connects to Redis (one node, or a cluster through its seed nodes),
+    /// checks that it answers, and starts the live feed and health tasks.
+    /// Returns the store and its live feed.
     pub async fn connect(
         options: RedisOptions<'_>,
     ) -> Result<(RedisStore, async_channel::Receiver<FeedEvent>), String> {
@@ -94,92 +108,217 @@ impl RedisStore {
             prefix,
             history,
             timeout,
+            retry,
+            replicas,
             instance,
             presence_ttl,
             metrics,
         } = options;
         let shown = redact(url);
-        if url.contains(',') || mode == RedisMode::Cluster {
-            return Err(format!(
-                "--redis {shown}: a Redis Cluster (several seed URLs, or --redis-mode cluster) is not supported yet; give one standalone Redis"
-            ));
-        }
-        let client = Client::open(url).map_err(|e| format!("--redis {shown}: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(RECONNECT_MAX);
-        let mut conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| {
-                format!("cannot reach Redis at {shown}: {e}; is it running? (--redis, REDIS_URL)")
-            })?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(|e| format!("Redis at {shown} does not answer PING: {e}"))?;
-        if mode == RedisMode::Auto {
-            let info: String = redis::cmd("INFO")
-                .arg("cluster")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| format!("Redis at {shown} does not answer INFO: {e}"))?;
-            if info.contains("cluster_enabled:1") {
+        let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+        let mut clients = Vec::new();
+        for one in &urls {
+            let client = Client::open(*one).map_err(|e| format!("--redis {}: {e}", redact(one)))?;
+            if !matches!(client.get_connection_info().addr(), ConnectionAddr::Tcp(..)) {
                 return Err(format!(
-                    "the Redis at {shown} is a cluster node, and a Redis Cluster is not supported yet; give one standalone Redis"
+                    "--redis {}: only redis://host:port URLs are supported",
+                    redact(one)
                 ));
             }
+            clients.push(client);
         }
+        let first = clients[0].clone();
+        let settings = first.get_connection_info().redis_settings();
+        let (username, password) = (
+            settings.username().map(str::to_owned),
+            settings.password().map(str::to_owned),
+        );
 
-        let keys = Keys {
-            prefix: prefix.to_owned(),
+        let cluster = match mode {
+            RedisMode::Cluster => true,
+            RedisMode::Standalone if urls.len() > 1 => {
+                return Err(format!(
+                    "--redis {shown}: several URLs are seed nodes of a Redis Cluster, but --redis-mode is standalone"
+                ))
+            }
+            RedisMode::Standalone => false,
+            RedisMode::Auto if urls.len() > 1 => true,
+            RedisMode::Auto => {
+                let mut conn = first.get_multiplexed_async_connection().await.map_err(|e| {
+                    format!("cannot reach Redis at {shown}: {e}; is it running? (--redis, REDIS_URL)")
+                })?;
+                let info: String = redis::cmd("INFO")
+                    .arg("cluster")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| format!("Redis at {shown} does not answer INFO: {e}"))?;
+                info.contains("cluster_enabled:1")
+            }
         };
-        // The live feed is connected before the store is used, so the first
-        // joins find it ready.
-        let first = connect_feed(&client, &keys, &HashSet::new(), timeout)
+        let mut conn = if cluster {
+            let client = ClusterClientBuilder::new(urls.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(3)
+                .min_retry_wait(50)
+                .max_retry_wait(500)
+                .build()
+                .map_err(|e| format!("--redis {shown}: {e}"))?;
+            let conn = client.get_async_connection().await.map_err(|e| {
+                format!("cannot reach the Redis Cluster at {shown}: {e}; are its nodes running? (--redis, REDIS_URL)")
+            })?;
+            Commands::Cluster(conn)
+        } else {
+            let ConnectionAddr::Tcp(host, port) = first.get_connection_info().addr().clone() else {
+                unreachable!("checked above");
+            };
+            let addr = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            let conn = first
+                .get_connection_manager_with_config(config)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot reach Redis at {shown}: {e}; is it running? (--redis, REDIS_URL)"
+                    )
+                })?;
+            Commands::Standalone { conn, addr }
+        };
+        // Asked of one node: on a cluster, INFO would go to every master.
+        let info: String = conn
+            .on_slot(redis::cmd("INFO").arg("server"), 0)
             .await
-            .map_err(|e| format!("cannot open the Redis live feed at {shown}: {e}"))?;
-        let (feed_tx, feed) = async_channel::bounded(1024);
+            .map_err(|e| format!("Redis at {shown} does not answer INFO: {e}"))?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned();
+        if version
+            .split('.')
+            .next()
+            .and_then(|major| major.parse::<u32>().ok())
+            .is_none_or(|major| major < 7)
+        {
+            return Err(format!(
+                "Redis at {shown} is version {version}; parlor needs Redis 7 or later (sharded Pub/Sub, script flags)"
+            ));
+        }
+        let topology = conn
+            .topology()
+            .await
+            .map_err(|e| format!("cannot read the Redis topology at {shown}: {e}"))?;
+        if !topology.covers_all() {
+            return Err(format!(
+                "the Redis Cluster at {shown} does not serve every slot yet (cluster_state is not ok); try again when it does"
+            ));
+        }
+        log::info!(
+            "Redis {version} at {shown}: {} mode{}, {} shard(s)",
+            if cluster { "cluster" } else { "standalone" },
+            if mode == RedisMode::Auto {
+                " (asked the server)"
+            } else {
+                ""
+            },
+            topology.shards().len()
+        );
+
+        let keys = Keys::new(prefix);
+        let (events, feed) = async_channel::bounded(1024);
         let (subscriber, commands) = async_channel::unbounded();
-        let health = Arc::new(Health {
-            commands: AtomicBool::new(false),
-            feed: AtomicBool::new(false),
+        let shared = Arc::new(Shared {
+            commands: AtomicBool::new(true),
+            feed: AtomicBool::new(true),
             metrics: metrics.clone(),
+            topology: Mutex::new(Arc::new(topology)),
         });
-        health.commands.store(true, Ordering::Release);
-        health.feed.store(true, Ordering::Release);
-        async_std::task::spawn(run_subscriber(
-            client,
-            keys.clone(),
-            timeout,
-            first,
+        async_std::task::spawn(feed::run(
+            FeedSetup {
+                commands: conn.clone(),
+                keys: keys.clone(),
+                timeout,
+                username,
+                password,
+                shared: shared.clone(),
+                events,
+            },
             commands,
-            feed_tx,
-            health.clone(),
         ));
-        async_std::task::spawn(watch_commands(conn.clone(), timeout, health.clone()));
+        async_std::task::spawn(watch_commands(conn.clone(), timeout, shared.clone()));
+        let retry = retry.unwrap_or(if cluster {
+            Duration::from_secs(10)
+        } else {
+            Duration::ZERO
+        });
         let store = RedisStore {
             conn,
             keys,
             history,
             timeout,
+            retry,
+            replicas,
             publish: Script::new(include_str!("publish.lua")),
+            announce: Script::new(include_str!("announce.lua")),
             read: Script::new(include_str!("read.lua")),
             presence: Script::new(include_str!("presence.lua")),
             instance: instance.to_owned(),
             presence_ttl,
             metrics: metrics.clone(),
             subscriber,
-            health,
+            shared,
             url: shown,
         };
         Ok((store, feed))
     }
 
+    /// Stores a message and publishes it. While Redis fails over, the
+    /// attempt is repeated for up to `--redis-retry-ms`: always for a draft
+    /// with a ref (the script answers a repeat with the first outcome), and
+    /// without one only after errors that say nothing was written.
     pub async fn publish(&self, draft: Draft) -> Result<Stored, StoreError> {
+        let deadline = Instant::now() + self.retry;
+        loop {
+            match self.publish_once(&draft).await {
+                Ok(stored) => return Ok(stored),
+                Err(failure) => {
+                    let again = draft.reference.is_some() || failure.nothing_written;
+                    if !again || Instant::now() + RETRY_PAUSE >= deadline {
+                        return Err(failure.error);
+                    }
+                    log::debug!(
+                        "retrying a send to room {}: {}",
+                        draft.room,
+                        failure.error.0
+                    );
+                    async_std::task::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: the script stores (and, with no replica to wait for,
+    /// publishes) in one round trip; otherwise `WAIT`, then announce.lua
+    /// publishes and lets reads show the message.
+    async fn publish_once(&self, draft: &Draft) -> Result<Stored, Failure> {
         let room = &draft.room;
+        let channel = self.keys.channel(room);
+        let slot = slot_of(&channel);
+        let replicas = {
+            let topology = lock(&self.shared.topology).clone();
+            topology
+                .owner(slot)
+                .map_or(0, |shard| shard.replicas.min(self.replicas))
+        };
         let ts = crate::store::now_millis();
         let (prefix, suffix) =
             protocol::message_parts(room, draft.user.as_str(), draft.text.as_str(), ts);
@@ -196,29 +335,71 @@ impl RedisStore {
             .arg(ts)
             .arg(self.history)
             .arg(REF_MEMORY.as_secs())
-            .arg(self.keys.channel(room))
+            .arg(&channel)
             .arg(Epoch::random().as_str())
-            .arg(prefix)
-            .arg(suffix);
+            .arg(&prefix)
+            .arg(&suffix)
+            .arg(if replicas == 0 { "now" } else { "later" });
         let mut conn = self.conn.clone();
-        let (epoch, id, ts): (String, u64, u64) = self
-            .bounded("publish", invocation.invoke_async(&mut conn))
+        let (epoch, id, ts, outcome): (String, u64, u64, Value) = self
+            .attempt("publish", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(Stored {
+        let stored = Stored {
             epoch: Epoch::from(epoch),
             id,
             ts,
-        })
+        };
+        if replicas == 0 {
+            return Ok(stored);
+        }
+        // `outcome` is nil for a new message, the stored text for a repeat
+        // of one still in history (published again: members drop what they
+        // already have), and `gone` for one trimmed away since.
+        let frame = match outcome {
+            Value::Nil => format!("{prefix}{id}{suffix}"),
+            Value::BulkString(text) if text != b"gone" => {
+                let text = String::from_utf8_lossy(&text);
+                protocol::message(room, id, draft.user.as_str(), &text, ts)
+                    .as_str()
+                    .to_owned()
+            }
+            _ => return Ok(stored),
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(self.timeout.as_millis() as u64 / 2);
+        let reached: usize = self
+            .attempt("wait for replicas", conn.on_slot(&wait, slot))
+            .await?;
+        if reached < replicas {
+            self.metrics.redis_error();
+            return Err(Failure {
+                error: StoreError(format!(
+                    "room {room}: message {id} reached {reached} of {replicas} replica(s) in time"
+                )),
+                nothing_written: false,
+            });
+        }
+        let mut announce = self.announce.prepare_invoke();
+        announce
+            .key(self.keys.meta(room))
+            .arg(stored.epoch.as_str())
+            .arg(id)
+            .arg(&channel)
+            .arg(format!("{} {id} {frame}", stored.epoch.as_str()));
+        self.attempt("publish", announce.invoke_async::<i64>(&mut conn))
+            .await?;
+        Ok(stored)
     }
 
     /// Publishes a signal on the room's channel as `~origin frame`; the `~`
     /// sets it apart from messages, whose payload starts with their epoch.
     pub async fn signal(&self, signal: Signal) -> Result<(), StoreError> {
         let payload = format!("~{} {}", signal.origin, signal.frame.as_str());
+        let channel = self.keys.channel(&signal.room);
+        let mut publish = redis::cmd("SPUBLISH");
+        publish.arg(&channel).arg(payload);
         let mut conn = self.conn.clone();
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(self.keys.channel(&signal.room)).arg(payload);
-        self.bounded("signal", publish.query_async::<i64>(&mut conn))
+        self.bounded("signal", conn.on_slot::<i64>(&publish, slot_of(&channel)))
             .await
             .map(|_| ())
     }
@@ -324,12 +505,17 @@ impl RedisStore {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.health.commands.load(Ordering::Acquire) && self.health.feed.load(Ordering::Acquire)
+        self.shared.commands.load(Ordering::Acquire) && self.shared.feed.load(Ordering::Acquire)
     }
 
     pub fn describe(&self) -> String {
+        let mode = if self.conn.is_cluster() {
+            "cluster"
+        } else {
+            "standalone"
+        };
         format!(
-            "Redis store (standalone) at {}, key prefix {:?}: rooms are shared with every instance on it",
+            "Redis store ({mode}) at {}, key prefix {:?}: rooms are shared with every instance on it",
             self.url, self.keys.prefix
         )
     }
@@ -340,19 +526,59 @@ impl RedisStore {
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
+        self.attempt(what, call)
+            .await
+            .map_err(|failure| failure.error)
+    }
+
+    /// `bounded`, telling apart the failures after which nothing was
+    /// written: the request never reached a master that could take it.
+    async fn attempt<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Failure> {
         let result = async_std::future::timeout(self.timeout, call).await;
         if !matches!(result, Ok(Ok(_))) {
             self.metrics.redis_error();
         }
         match result {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(StoreError(format!("Redis {what} failed: {e}"))),
-            Err(_) => Err(StoreError(format!(
-                "Redis {what} timed out after {:?}",
-                self.timeout
-            ))),
+            Ok(Err(e)) => Err(Failure {
+                nothing_written: nothing_written(&e),
+                error: StoreError(format!("Redis {what} failed: {e}")),
+            }),
+            Err(_) => Err(Failure {
+                error: StoreError(format!("Redis {what} timed out after {:?}", self.timeout)),
+                nothing_written: false,
+            }),
         }
     }
+}
+
+/// A failed attempt, and whether it may be repeated without a ref.
+struct Failure {
+    error: StoreError,
+    nothing_written: bool,
+}
+
+/// Errors that a master gives instead of running a command: the slot is
+/// elsewhere or unserved, the node is loading or a replica, or no
+/// connection was made at all.
+fn nothing_written(e: &RedisError) -> bool {
+    e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some(
+                "MOVED"
+                    | "ASK"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "LOADING"
+                    | "MASTERDOWN"
+                    | "READONLY"
+            )
+        )
 }
 
 /// Decodes one stream entry, `[id, [field, value, …]]`, into a message.
@@ -382,11 +608,17 @@ fn message_of_entry(room: &Room, entry: &Value) -> Result<Message, StoreError> {
 /// Key and channel names. The room sits in a hash tag, so a room's keys and
 /// channel hash to one Redis Cluster slot.
 #[derive(Clone)]
-struct Keys {
+pub struct Keys {
     prefix: String,
 }
 
 impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
     fn meta(&self, room: &Room) -> String {
         format!("{}:{{{room}}}:meta", self.prefix)
     }
@@ -399,7 +631,7 @@ impl Keys {
         format!("{}:{{{room}}}:presence", self.prefix)
     }
 
-    fn channel(&self, room: &Room) -> String {
+    pub fn channel(&self, room: &Room) -> String {
         format!("{}:{{{room}}}:live", self.prefix)
     }
 
@@ -415,7 +647,7 @@ impl Keys {
         )
     }
 
-    fn room_of_channel(&self, channel: &str) -> Option<Room> {
+    pub fn room_of_channel(&self, channel: &str) -> Option<Room> {
         let inner = channel
             .strip_prefix(&self.prefix)?
             .strip_prefix(":{")?
@@ -425,14 +657,15 @@ impl Keys {
 }
 
 /// Keeps the command connection's health current for `/readyz`.
-async fn watch_commands(mut conn: ConnectionManager, timeout: Duration, health: Arc<Health>) {
+async fn watch_commands(mut conn: Commands, timeout: Duration, shared: Arc<Shared>) {
     loop {
         async_std::task::sleep(HEALTH_INTERVAL).await;
         let ping = redis::cmd("PING");
-        let ok = bounded(timeout, ping.query_async::<String>(&mut conn))
-            .await
-            .is_ok();
-        if health.commands.swap(ok, Ordering::AcqRel) != ok {
+        let ok = matches!(
+            async_std::future::timeout(timeout, ping.query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        );
+        if shared.commands.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 log::info!("Redis answers again");
             } else {
@@ -442,191 +675,6 @@ async fn watch_commands(mut conn: ConnectionManager, timeout: Duration, health: 
             }
         }
     }
-}
-
-/// Owns the live feed's connection: subscribes the rooms this instance wants,
-/// forwards what Redis publishes to the rooms, and after any disconnection
-/// connects again, subscribes everything again and asks for a resync.
-async fn run_subscriber(
-    client: Client,
-    keys: Keys,
-    timeout: Duration,
-    first: FeedConnection,
-    commands: async_channel::Receiver<Command>,
-    feed: async_channel::Sender<FeedEvent>,
-    health: Arc<Health>,
-) {
-    let mut wanted: HashSet<Room> = HashSet::new();
-    let mut backoff = RECONNECT_MIN;
-    let mut first = Some(first);
-    loop {
-        let reconnecting = first.is_none();
-        let session = match first.take() {
-            Some(connection) => Ok(connection),
-            None => connect_feed(&client, &keys, &wanted, timeout).await,
-        };
-        let Ok((mut sink, mut stream)) = session else {
-            if let Err(e) = session {
-                // Said once per outage; the retries after it are debug lines.
-                if backoff == RECONNECT_MIN {
-                    log::warn!("Redis live feed unavailable ({e}); retrying until it is back");
-                } else {
-                    log::debug!("Redis live feed still unavailable ({e}); retrying in {backoff:?}");
-                }
-            }
-            // Requests that came meanwhile are answered rather than left waiting.
-            let wait = async_std::task::sleep(backoff);
-            let until = async {
-                wait.await;
-                None
-            };
-            let mut until = std::pin::pin!(until);
-            loop {
-                let next = async { Some(commands.recv().await) }
-                    .or(until.as_mut())
-                    .await;
-                match next {
-                    None => break,
-                    Some(Err(_)) => return,
-                    Some(Ok(command)) => refuse_while_down(command, &mut wanted),
-                }
-            }
-            backoff = (backoff * 2).min(RECONNECT_MAX);
-            continue;
-        };
-        backoff = RECONNECT_MIN;
-        health.feed.store(true, Ordering::Release);
-        if reconnecting {
-            health.metrics.redis_reconnect();
-            log::info!(
-                "Redis live feed is back: {} room(s) subscribed again and being repaired",
-                wanted.len()
-            );
-            // Anything published while the feed was down is read from the streams.
-            if feed.send(FeedEvent::Resync).await.is_err() {
-                return;
-            }
-        }
-
-        loop {
-            let next = async { Event::Published(stream.next().await) }
-                .or(async { Event::Command(commands.recv().await.ok()) })
-                .await;
-            match next {
-                Event::Published(Some(msg)) => {
-                    if let Some(event) =
-                        event_of(&keys, msg.get_channel_name(), msg.get_payload_bytes())
-                    {
-                        if feed.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Event::Published(None) => break,
-                Event::Command(None) => return,
-                Event::Command(Some(Command::Subscribe(room, reply))) => {
-                    let result = bounded(timeout, sink.subscribe(keys.channel(&room))).await;
-                    let failed = result.is_err();
-                    wanted.insert(room);
-                    let _ = reply.try_send(result);
-                    if failed {
-                        break;
-                    }
-                }
-                Event::Command(Some(Command::Unsubscribe(room))) => {
-                    wanted.remove(&room);
-                    if bounded(timeout, sink.unsubscribe(keys.channel(&room)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        health.feed.store(false, Ordering::Release);
-        log::warn!("Redis live feed disconnected; reconnecting");
-    }
-}
-
-enum Event {
-    Published(Option<redis::Msg>),
-    Command(Option<Command>),
-}
-
-type FeedConnection = (PubSubSink, PubSubStream);
-
-/// Opens the feed connection and subscribes every wanted room on it.
-async fn connect_feed(
-    client: &Client,
-    keys: &Keys,
-    wanted: &HashSet<Room>,
-    timeout: Duration,
-) -> Result<FeedConnection, StoreError> {
-    let pubsub = bounded(timeout, client.get_async_pubsub()).await?;
-    let (mut sink, stream) = pubsub.split();
-    let channels: Vec<String> = wanted.iter().map(|room| keys.channel(room)).collect();
-    for chunk in channels.chunks(500) {
-        bounded(timeout, sink.subscribe(chunk)).await?;
-    }
-    Ok((sink, stream))
-}
-
-/// While the feed is down, a subscribe cannot be confirmed: the join that
-/// asked fails with `unavailable` (the client retries), and the room is still
-/// remembered, since its member will leave it and unsubscribe in turn.
-fn refuse_while_down(command: Command, wanted: &mut HashSet<Room>) {
-    match command {
-        Command::Subscribe(room, reply) => {
-            wanted.insert(room);
-            let _ = reply.try_send(Err(StoreError(
-                "the Redis live feed is reconnecting".into(),
-            )));
-        }
-        Command::Unsubscribe(room) => {
-            wanted.remove(&room);
-        }
-    }
-}
-
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match async_std::future::timeout(timeout, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(StoreError(e.to_string())),
-        Err(_) => Err(StoreError(format!(
-            "Redis did not answer within {timeout:?}"
-        ))),
-    }
-}
-
-/// Decodes a published payload: `epoch id frame` for a message, `~origin
-/// frame` for a signal.
-fn event_of(keys: &Keys, channel: &str, payload: &[u8]) -> Option<FeedEvent> {
-    let room = keys.room_of_channel(channel)?;
-    let payload = std::str::from_utf8(payload).ok()?;
-    if let Some(signal) = payload.strip_prefix('~') {
-        let (origin, frame) = signal.split_once(' ')?;
-        return Some(FeedEvent::Signal(Signal {
-            room,
-            origin: origin.to_owned(),
-            frame: frame.to_owned().into(),
-        }));
-    }
-    let mut parts = payload.splitn(3, ' ');
-    let epoch = parts.next()?;
-    let id: u64 = parts.next()?.parse().ok()?;
-    let frame = parts.next()?;
-    Some(FeedEvent::Delivery(Delivery {
-        room,
-        epoch: Epoch::from(epoch.to_owned()),
-        message: Message {
-            id,
-            frame: frame.to_owned().into(),
-        },
-    }))
 }
 
 /// The URL without its password, for logs and errors.
@@ -649,9 +697,7 @@ mod tests {
 
     #[test]
     fn keys_carry_the_room_in_a_hash_tag() {
-        let keys = Keys {
-            prefix: "parlor".into(),
-        };
+        let keys = Keys::new("parlor");
         let room = Room::parse("general").unwrap();
         assert_eq!(keys.meta(&room), "parlor:{general}:meta");
         assert_eq!(keys.stream(&room), "parlor:{general}:stream");
@@ -663,30 +709,6 @@ mod tests {
         );
         assert_eq!(keys.room_of_channel("parlor:{general}:live"), Some(room));
         assert_eq!(keys.room_of_channel("other:{general}:live"), None);
-    }
-
-    #[test]
-    fn payloads_decode_into_deliveries_and_signals() {
-        let keys = Keys { prefix: "p".into() };
-        let payload = br#"k3j2xq0a 42 {"type":"message","id":42}"#;
-        let Some(FeedEvent::Delivery(d)) = event_of(&keys, "p:{r}:live", payload) else {
-            panic!("a message payload decodes into a delivery");
-        };
-        assert_eq!(
-            (d.room.as_str(), d.epoch.as_str(), d.message.id),
-            ("r", "k3j2xq0a", 42)
-        );
-        assert_eq!(d.message.frame.as_str(), r#"{"type":"message","id":42}"#);
-        let payload = br#"~inst/7 {"type":"typing","room":"r","user":"bob"}"#;
-        let Some(FeedEvent::Signal(signal)) = event_of(&keys, "p:{r}:live", payload) else {
-            panic!("a ~ payload decodes into a signal");
-        };
-        assert_eq!(signal.origin, "inst/7");
-        assert_eq!(
-            signal.frame.as_str(),
-            r#"{"type":"typing","room":"r","user":"bob"}"#
-        );
-        assert!(event_of(&keys, "p:{r}:live", b"garbage").is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! The feed is never trusted blindly: a delivery that is not exactly the next
 //! id is a duplicate (dropped) or a gap, and a gap is repaired by reading the
 //! missing ids from history before anything newer goes out. After the feed
-//! says it may have lost deliveries (`Resync`), every room repairs the same way.
+//! says a room may have lost deliveries (`Repair`), it repairs the same way.
 //!
 //! A join is gap-free and duplicate-free against concurrent publishers: the
 //! member is registered first (its live deliveries are held back in `pending`),
@@ -378,7 +378,7 @@ impl Rooms {
             match event {
                 FeedEvent::Delivery(delivery) => self.deliver(delivery),
                 FeedEvent::Signal(signal) => self.signal(signal),
-                FeedEvent::Resync => self.resync(),
+                FeedEvent::Repair(room) => self.repair_room(&room),
             }
         }
     }
@@ -478,14 +478,14 @@ impl Rooms {
         format!("{}/{conn}", self.0.instance)
     }
 
-    fn resync(&self) {
-        let feeds: Vec<Arc<RoomFeed>> = lock(&self.0.rooms).values().cloned().collect();
-        for feed in feeds {
-            let mut state = lock(&feed.state);
-            mark_joiners_stale(&mut state);
-            if state.cursor.is_some() {
-                self.start_repair(&mut state, &feed);
-            }
+    fn repair_room(&self, room: &Room) {
+        let Some(feed) = self.feed(room) else {
+            return;
+        };
+        let mut state = lock(&feed.state);
+        mark_joiners_stale(&mut state);
+        if state.cursor.is_some() {
+            self.start_repair(&mut state, &feed);
         }
     }
 

@@ -11,7 +11,7 @@
 //! - a room's history keeps the newest `--history` messages and has an epoch,
 //!   which changes only when the history was lost and numbering began again;
 //! - the live feed may lose deliveries (a dropped Redis connection does), but
-//!   never reorders them, and says `Resync` after anything may have been lost.
+//!   never reorders them, and says `Repair` for a room that may have lost some.
 
 use std::fmt;
 use std::sync::Arc;
@@ -87,9 +87,10 @@ pub struct Signal {
 pub enum FeedEvent {
     Delivery(Delivery),
     Signal(Signal),
-    /// Deliveries may have been lost (the feed reconnected): every room must
-    /// read what it missed from history before delivering on.
-    Resync,
+    /// Deliveries to this room may have been lost (its subscription was
+    /// made again): it must read what it missed from history before
+    /// delivering on.
+    Repair(Room),
 }
 
 /// A message to store.

@@ -298,3 +298,55 @@ async fn sigterm_answers_what_it_read_closes_with_1001_and_exits_0() {
         stored.len()
     );
 }
+
+#[async_std::test]
+async fn a_message_is_shown_and_acked_only_once_a_replica_holds_it() {
+    let master = Redis::start();
+    let port = master.port.to_string();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !master
+        .cli(&["INFO", "replication"])
+        .contains("state=online")
+    {
+        assert!(Instant::now() < deadline, "the replica did not come online");
+        async_std::task::sleep(Duration::from_millis(50)).await;
+    }
+    let a = instance(&master, &[]);
+    let mut members = live_members(&[&a], "w").await;
+    let (mut sender, _) = Client::welcomed(&a.ws_url("?user=sender")).await;
+    assert_eq!(sender.say("w", "first").await, 1);
+    assert_eq!(members[0].recv().await["id"], 1);
+
+    // The replica stops acknowledging: the master stores the message, but
+    // nobody may see it, since a failover now could lose it.
+    replica.signal("STOP");
+    let send = json!({"type":"send","room":"w","text":"held","ref":"h1"});
+    let answer = sender.request(send.clone()).await;
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    let page = get(&a.addr, "/rooms/w/messages?since=0").json();
+    assert_eq!(common::ids(page["messages"].as_array().unwrap()), [1]);
+
+    // Once the replica is back, the same send (same ref) is acked with the
+    // id it was stored under and delivered once.
+    replica.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = sender.request(send.clone()).await;
+        if answer["type"] == "ack" {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "never acked: {answer}");
+        async_std::task::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["id"], 2);
+    let delivered = members[0].recv().await;
+    assert_eq!(
+        (delivered["id"].as_u64(), delivered["text"].as_str()),
+        (Some(2), Some("held"))
+    );
+    assert_eq!(sender.say("w", "third").await, 3);
+    assert_eq!(members[0].recv().await["id"], 3, "message 2 came twice");
+    let page = get(&a.addr, "/rooms/w/messages?since=0").json();
+    assert_eq!(common::ids(page["messages"].as_array().unwrap()), [1, 2, 3]);
+}

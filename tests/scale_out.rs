@@ -312,6 +312,8 @@ async fn readiness_follows_redis_and_a_missing_redis_fails_at_start() {
     let mut redis = Redis::start();
     let a = instance(&redis, &[]);
     assert_eq!(get(&a.addr, "/readyz").status, 200);
+    // A member, so that the live feed has a connection to lose.
+    let _member = live_members(&[&a], "r").await;
     redis.kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while get(&a.addr, "/readyz").status != 503 {
@@ -376,21 +378,31 @@ async fn typing_crosses_instances() {
 }
 
 #[async_std::test]
-async fn a_redis_cluster_is_refused_with_one_clear_line() {
-    let cluster_node = Redis::start_with(&["--cluster-enabled", "yes"]);
+async fn redis_settings_that_cannot_work_are_one_clear_line() {
+    // A cluster node that serves no slots, a standalone Redis told to be a
+    // cluster, and seed nodes with --redis-mode standalone.
+    let lonely_node = Redis::start_with(&["--cluster-enabled", "yes"]);
     let standalone = Redis::start();
-    for args in [
-        vec!["--redis".to_owned(), cluster_node.url()],
-        vec![
-            "--redis".to_owned(),
-            standalone.url(),
-            "--redis-mode".into(),
-            "cluster".into(),
-        ],
-        vec![
-            "--redis".to_owned(),
-            format!("{},{}", standalone.url(), cluster_node.url()),
-        ],
+    for (args, says) in [
+        (vec!["--redis".to_owned(), lonely_node.url()], "Cluster"),
+        (
+            vec![
+                "--redis".to_owned(),
+                standalone.url(),
+                "--redis-mode".into(),
+                "cluster".into(),
+            ],
+            "Cluster",
+        ),
+        (
+            vec![
+                "--redis".to_owned(),
+                format!("{},{}", standalone.url(), lonely_node.url()),
+                "--redis-mode".into(),
+                "standalone".into(),
+            ],
+            "standalone",
+        ),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
             .args(["--port", "0"])
@@ -400,7 +412,7 @@ async fn a_redis_cluster_is_refused_with_one_clear_line() {
         assert_eq!(output.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("Cluster"), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
     }
     // --redis-mode standalone on a standalone Redis runs.
     let server = on_redis(&standalone, &["--redis-mode", "standalone"]);

@@ -507,7 +507,7 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn try_cli(&self, args: &[&str]) -> Option<String> {
+    pub fn try_cli(&self, args: &[&str]) -> Option<String> {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args)
@@ -562,6 +562,195 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of three masters with a replica each, on free ports,
+/// made by `redis-cli --cluster create`; every node is killed when dropped.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    /// Starts six nodes and waits until every one says the cluster is ok.
+    /// A node is declared failed after 1 s without an answer, so failovers
+    /// in the tests take seconds, not the default 15.
+    pub fn start() -> Cluster {
+        let nodes: Vec<Redis> = (0..6)
+            .map(|_| {
+                Redis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica of a master that dies seconds after the
+                    // cluster was made may take over all the same.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--appendonly",
+                    "no",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("these tests need redis-cli (apt-get install redis-server)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = Cluster { nodes };
+        cluster.wait_ok(&[]);
+        cluster
+    }
+
+    /// The seed URLs, comma-separated, for `--redis`.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every node but `except` says `cluster_state:ok` and
+    /// agrees on who owns every slot.
+    pub fn wait_ok(&self, except: &[u16]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let live: Vec<&Redis> = self
+                .nodes
+                .iter()
+                .filter(|n| !except.contains(&n.port))
+                .collect();
+            let ok = live.iter().all(|n| {
+                n.try_cli(&["CLUSTER", "INFO"])
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            let views: Vec<Vec<(u16, String)>> =
+                live.iter().map(|n| self.masters_seen_by(n)).collect();
+            let replicas_synced = live.iter().all(|n| {
+                n.try_cli(&["INFO", "replication"]).is_some_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+            });
+            if ok
+                && replicas_synced
+                && views.windows(2).all(|w| w[0] == w[1])
+                && views[0].len() == 3
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not settle");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// (port, slots) of each master with slots that is not failing, as
+    /// `node` sees them, sorted.
+    fn masters_seen_by(&self, node: &Redis) -> Vec<(u16, String)> {
+        let text = node.try_cli(&["CLUSTER", "NODES"]).unwrap_or_default();
+        let mut masters: Vec<(u16, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") || fields.len() < 9 {
+                    return None;
+                }
+                let port = fields[1]
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((port, fields[8..].join(" ")))
+            })
+            .collect();
+        masters.sort();
+        masters
+    }
+
+    /// The node (index into `nodes`) of the master that owns `key`'s slot.
+    pub fn owner_of(&self, key: &str) -> usize {
+        let node = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let slot: u16 = node
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        for (port, slots) in self.masters_seen_by(node) {
+            let owns = slots.split(' ').any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                lo.parse::<u16>().is_ok_and(|lo| lo <= slot)
+                    && hi.parse::<u16>().is_ok_and(|hi| slot <= hi)
+            });
+            if owns {
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no master owns slot {slot}");
+    }
+
+    /// The indexes of the nodes that are masters with slots now.
+    pub fn masters(&self) -> Vec<usize> {
+        let node = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        self.masters_seen_by(node)
+            .into_iter()
+            .map(|(port, _)| self.nodes.iter().position(|n| n.port == port).unwrap())
+            .collect()
+    }
+
+    /// The index of a replica of master `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = self.nodes[master]
+            .cli(&["CLUSTER", "MYID"])
+            .trim()
+            .to_owned();
+        let text = self.nodes[master].cli(&["CLUSTER", "NODES"]);
+        let port: u16 = text
+            .lines()
+            .find(|line| line.split_whitespace().nth(3) == Some(id.as_str()))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .nth(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("the master has a replica");
+        self.nodes.iter().position(|n| n.port == port).unwrap()
+    }
+
+    /// Room names whose slots fall on every master, `per_shard` of each.
+    pub fn rooms_on_every_shard(&self, prefix: &str, per_shard: usize) -> Vec<String> {
+        let mut by_master: std::collections::HashMap<usize, Vec<String>> = Default::default();
+        for n in 0.. {
+            let room = format!("{prefix}{n}");
+            let owner = self.owner_of(&format!("parlor:{{{room}}}:live"));
+            let rooms = by_master.entry(owner).or_default();
+            if rooms.len() < per_shard {
+                rooms.push(room);
+            }
+            if by_master.len() == 3 && by_master.values().all(|r| r.len() == per_shard) {
+                break;
+            }
+        }
+        let mut rooms: Vec<String> = by_master.into_values().flatten().collect();
+        rooms.sort();
+        rooms
     }
 }
 
