@@ -95,7 +95,7 @@ async fn run(config: Config) -> Result<(), String> {
                 metrics: metrics.clone(),
             })
             .await?;
-            (Store::Redis(store), feed)
+            (Store::Redis(Box::new(store)), feed)
         }
     };
     log::info!("{}", store.describe());

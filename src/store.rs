@@ -203,7 +203,7 @@ impl From<StoreError> for Error {
 /// The message store of this instance.
 pub enum Store {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 impl Store {
