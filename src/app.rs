@@ -1,8 +1,9 @@
 //! The state every connection and request of one instance shares, and the
 //! operations that WebSocket and HTTP have in common.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
@@ -11,7 +12,9 @@ use crate::auth::Access;
 use crate::config::Config;
 use crate::error::Error;
 use crate::flag::Flag;
+use crate::lock::lock;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::presence::Presence;
 use crate::protocol::Limits;
 use crate::rooms::{ConnId, Rooms};
@@ -61,6 +64,13 @@ impl App {
         }
     }
 
+    /// Starts the drain (SIGTERM, SIGINT): no new connections, and every
+    /// WebSocket finishes the request in hand and closes with 1001.
+    pub fn drain(&self) {
+        self.shutdown.set();
+        self.connections.stop_all();
+    }
+
     /// Stores a message: the one path of `send` and `POST /rooms/{room}/messages`.
     pub async fn publish(&self, draft: Draft) -> Result<Stored, Error> {
         let started = Instant::now();
@@ -85,25 +95,51 @@ impl App {
     }
 }
 
-/// The open WebSocket connections, counted for `--max-connections` and so
-/// that shutdown can wait for them to finish.
+/// The open WebSocket connections: counted for `--max-connections`, and
+/// each reachable so that a drain can ask every reader to stop, and wait for
+/// them to finish.
 #[derive(Default)]
 pub struct Connections {
     open: AtomicUsize,
     next_id: AtomicU64,
+    outboxes: Mutex<Outboxes>,
     /// Notified whenever a connection goes away.
     gone: Event,
 }
 
+#[derive(Default)]
+struct Outboxes {
+    by_id: HashMap<ConnId, Outbox>,
+    /// Set by `stop_all`: later connections are stopped as they arrive.
+    stopping: bool,
+}
+
 impl Connections {
-    pub fn add(&self) -> ConnId {
+    pub fn add(&self, outbox: &Outbox) -> ConnId {
         self.open.fetch_add(1, Ordering::AcqRel);
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut outboxes = lock(&self.outboxes);
+        if outboxes.stopping {
+            outbox.stop();
+        }
+        outboxes.by_id.insert(id, outbox.clone());
+        id
     }
 
-    pub fn remove(&self) {
+    pub fn remove(&self, id: ConnId) {
+        lock(&self.outboxes).by_id.remove(&id);
         self.open.fetch_sub(1, Ordering::AcqRel);
         self.gone.notify(usize::MAX);
+    }
+
+    /// Asks every connection's reader to finish the request in hand and
+    /// close (the server is draining).
+    pub fn stop_all(&self) {
+        let mut outboxes = lock(&self.outboxes);
+        outboxes.stopping = true;
+        for outbox in outboxes.by_id.values() {
+            outbox.stop();
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::error::CapacityError;
 use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use async_tungstenite::WebSocketStream;
+use async_tungstenite::{WebSocketReceiver, WebSocketStream};
 use futures_lite::{FutureExt, StreamExt};
 
 use crate::app::App;
@@ -46,13 +46,30 @@ pub struct Params {
     pub replay: Replay,
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params) {
+/// Serves one upgraded WebSocket until it closes: starts its writer task and
+/// returns the reader's future. Not an `async fn`, whose future would carry
+/// the whole `WebSocketStream` argument for the connection's life after
+/// splitting it.
+pub fn serve(
+    app: Arc<App>,
+    ws: WebSocketStream<TcpStream>,
+    params: Params,
+) -> impl std::future::Future<Output = ()> + Send {
     let (outbox, writer) = Outbox::new(app.config.outbox);
-    let id = app.connections.add();
-    app.metrics.connection_opened();
-    let (sender, mut receiver) = ws.split();
+    let (sender, receiver) = ws.split();
     let writer = async_std::task::spawn(writer.run(sender));
+    read(app, outbox, writer, receiver, params)
+}
+
+async fn read(
+    app: Arc<App>,
+    outbox: Outbox,
+    writer: async_std::task::JoinHandle<()>,
+    mut receiver: WebSocketReceiver<TcpStream>,
+    params: Params,
+) {
+    let id = app.connections.add(&outbox);
+    app.metrics.connection_opened();
     let mut session = Session {
         app: app.clone(),
         id,
@@ -72,8 +89,10 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
         &format!("c{id:x}"),
     );
     // A token that expires while connected ends the connection with 1008.
-    let expiry = session.identity.expiry();
-    let started = std::time::Instant::now();
+    let expires_at = session
+        .identity
+        .expiry()
+        .map(|left| std::time::Instant::now() + left);
     let mut open = outbox.push(welcome).await.is_ok();
     if let (true, Some(room)) = (open, params.room) {
         open = Box::pin(session.join(None, room, params.replay))
@@ -86,39 +105,36 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
     let mut last_heard = std::time::Instant::now();
     let mut pinged = false;
     while open {
-        let quiet_for = ping_interval.saturating_sub(last_heard.elapsed());
+        // One timer for both deadlines: each costs an idle connection memory.
+        let quiet_at = last_heard + ping_interval;
+        let wake_at = expires_at.map_or(quiet_at, |at| at.min(quiet_at));
         let next = async { Next::Frame(receiver.next().await) }
             .or(async {
-                app.shutdown.wait().await;
+                // A close requested elsewhere, or the server draining.
+                outbox.stopped().await;
                 Next::Stop
             })
             .or(async {
-                outbox.closed().await;
-                Next::Stop
-            })
-            .or(async {
-                match expiry {
-                    Some(left) => {
-                        async_std::task::sleep(left.saturating_sub(started.elapsed())).await;
-                        log::info!("connection {id}: token expired; closing with 1008");
-                        outbox.close(POLICY, "token expired");
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-                Next::Stop
-            })
-            .or(async {
-                async_std::task::sleep(quiet_for).await;
-                Next::Quiet
+                async_std::task::sleep(
+                    wake_at.saturating_duration_since(std::time::Instant::now()),
+                )
+                .await;
+                Next::Timer
             })
             .await;
         let frame = match next {
             Next::Stop | Next::Frame(None) => break,
-            Next::Quiet if pinged => {
+            Next::Timer if expires_at.is_some_and(|at| at <= std::time::Instant::now()) => {
+                log::info!("connection {id}: token expired; closing with 1008");
+                outbox.close(POLICY, "token expired");
+                break;
+            }
+            Next::Timer if std::time::Instant::now() < quiet_at => continue,
+            Next::Timer if pinged => {
                 log::info!("connection {id}: no answer to a ping; dropping it");
                 break;
             }
-            Next::Quiet => {
+            Next::Timer => {
                 outbox.ping();
                 pinged = true;
                 last_heard = std::time::Instant::now();
@@ -132,13 +148,12 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
             // Boxed: handling a request is a large future that an idle
             // connection would otherwise carry inline all its life.
             Ok(WsMessage::Text(text)) => Box::pin(session.handle(text.as_str())).await.is_ok(),
-            Ok(WsMessage::Binary(_)) => session
-                .refuse(
-                    None,
-                    Error::bad_request("binary frames are not supported; send JSON text frames"),
-                )
-                .await
-                .is_ok(),
+            Ok(WsMessage::Binary(_)) => Box::pin(session.refuse(
+                None,
+                Error::bad_request("binary frames are not supported; send JSON text frames"),
+            ))
+            .await
+            .is_ok(),
             Ok(WsMessage::Close(_)) => false,
             Ok(_) => true,
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
@@ -169,7 +184,7 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
     // and the client might never see the close code.
     let drain = async { while let Some(Ok(_)) = receiver.next().await {} };
     let _ = async_std::future::timeout(CLOSE_GRACE, futures_lite::future::zip(writer, drain)).await;
-    app.connections.remove();
+    app.connections.remove(id);
     app.metrics.connection_closed();
     log::debug!("connection {id} closed");
 }
@@ -177,10 +192,11 @@ pub async fn serve(app: Arc<App>, ws: WebSocketStream<TcpStream>, params: Params
 /// What woke the reader loop.
 enum Next {
     Frame(Option<Result<WsMessage, WsError>>),
-    /// Shutdown, a close requested elsewhere, or the token expired.
+    /// Shutdown, or a close requested elsewhere.
     Stop,
-    /// Nothing heard from the client for a ping interval.
-    Quiet,
+    /// The token expired, or nothing was heard from the client for a ping
+    /// interval.
+    Timer,
 }
 
 struct Session {

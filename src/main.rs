@@ -105,11 +105,11 @@ async fn run(config: Config) -> Result<(), String> {
     let app = Arc::new(App::new(config, store, metrics));
     async_std::task::spawn(app.rooms.clone().run_feed(feed));
 
-    let shutdown = app.shutdown.clone();
+    let draining = app.clone();
     async_std::task::spawn(async move {
         if let Some(Ok(signal)) = signals.next().await {
             log::info!("received {signal:?}: draining");
-            shutdown.set();
+            draining.drain();
         }
     });
 

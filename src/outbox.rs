@@ -8,13 +8,15 @@
 //! while the outbox is half full, so a client that asks for a lot without
 //! reading slows down only itself and fan-out keeps room to deliver.
 //!
-//! The queue is an unbounded channel with a counter in front rather than a
-//! bounded channel, because a bounded channel allocates all its slots up front
-//! and most connections are idle with nothing queued.
+//! The queue is a `VecDeque` under a mutex, with the writer's waker beside
+//! it: an idle connection holds no queue space, no channel and no listener,
+//! which is most of what a connection costs when there are many of them.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,7 +27,7 @@ use event_listener::Event;
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use futures_util::SinkExt;
 
-use crate::flag::Flag;
+use crate::lock::lock;
 use crate::protocol::Frame;
 
 /// How many queued frames a writer sends before it flushes the socket.
@@ -53,16 +55,42 @@ enum Item {
 pub struct Outbox(Arc<Shared>);
 
 struct Shared {
-    queue: async_channel::Sender<Item>,
+    state: Mutex<State>,
+    /// Frames queued and not yet written, for the limits.
     queued: AtomicUsize,
     limit: usize,
-    /// Set once a close is requested; later frames are refused.
-    closed: Flag,
-    /// A close that skips whatever is still queued, and its code and reason.
-    urgent: Flag,
-    urgent_close: OnceLock<(u16, &'static str)>,
-    /// Notified when the writer takes frames or the outbox closes.
+    /// Notified when the writer takes frames or the outbox closes; only a
+    /// `push` that waits listens, so it costs nothing otherwise.
     drained: Event,
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Item>,
+    /// Set once a close is requested; later frames are refused.
+    closed: bool,
+    /// A close that skips whatever is still queued, and its code and reason.
+    urgent: Option<(u16, &'static str)>,
+    /// The server is draining: the reader should finish what it is doing.
+    stop: bool,
+    /// The writer, waiting for items or an urgent close.
+    writer: Option<Waker>,
+    /// The reader, waiting in `stopped`.
+    reader: Option<Waker>,
+}
+
+impl State {
+    fn wake_writer(&mut self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+
+    fn wake_reader(&mut self) {
+        if let Some(waker) = self.reader.take() {
+            waker.wake();
+        }
+    }
 }
 
 /// The outbox is closed: the connection is going away.
@@ -71,19 +99,14 @@ pub struct Closed;
 
 impl Outbox {
     pub fn new(limit: usize) -> (Outbox, Writer) {
-        let (queue, items) = async_channel::unbounded();
         let outbox = Outbox(Arc::new(Shared {
-            queue,
+            state: Mutex::new(State::default()),
             queued: AtomicUsize::new(0),
             limit,
-            closed: Flag::default(),
-            urgent: Flag::default(),
-            urgent_close: OnceLock::new(),
             drained: Event::new(),
         }));
         let writer = Writer {
             outbox: outbox.clone(),
-            items,
         };
         (outbox, writer)
     }
@@ -101,7 +124,7 @@ impl Outbox {
             );
             return Err(Refused::TooSlow);
         }
-        if self.enqueue(frame) {
+        if self.enqueue(Item::Frame(frame)) {
             Ok(())
         } else {
             Err(Refused::Closed)
@@ -126,55 +149,121 @@ impl Outbox {
             }
             listener.await;
         }
-        if self.enqueue(frame) {
+        if self.enqueue(Item::Frame(frame)) {
             Ok(())
         } else {
             Err(Closed)
         }
     }
 
-    fn enqueue(&self, frame: Frame) -> bool {
-        self.0.queued.fetch_add(1, Ordering::AcqRel);
-        self.0.queue.try_send(Item::Frame(frame)).is_ok()
+    /// Appends an item unless the outbox is closed; returns whether it did.
+    fn enqueue(&self, item: Item) -> bool {
+        let mut state = lock(&self.0.state);
+        if state.closed {
+            return false;
+        }
+        if matches!(item, Item::Frame(_)) {
+            self.0.queued.fetch_add(1, Ordering::AcqRel);
+        }
+        state.items.push_back(item);
+        state.wake_writer();
+        true
     }
 
     /// Queues a ping; the peer's pong (or anything else it sends) shows it is
     /// still there.
     pub fn ping(&self) {
-        if !self.is_closed() {
-            let _ = self.0.queue.try_send(Item::Ping);
-        }
+        self.enqueue(Item::Ping);
     }
 
     /// Closes the connection after the frames already queued (a graceful close).
     pub fn close(&self, code: u16, reason: &'static str) {
-        if self.0.closed.set() {
-            let _ = self.0.queue.try_send(Item::Close(code, reason));
-            self.0.drained.notify(usize::MAX);
+        let mut state = lock(&self.0.state);
+        if state.closed {
+            return;
         }
+        state.items.push_back(Item::Close(code, reason));
+        state.closed = true;
+        state.wake_writer();
+        state.wake_reader();
+        drop(state);
+        self.0.drained.notify(usize::MAX);
     }
 
     /// Closes the connection at once, dropping what is still queued.
     pub fn close_now(&self, code: u16, reason: &'static str) {
-        if self.0.urgent_close.set((code, reason)).is_ok() {
-            // The writer may be blocked on a full socket; this wakes it.
-            self.0.urgent.set();
+        {
+            let mut state = lock(&self.0.state);
+            if state.urgent.is_none() {
+                // The writer may be blocked on a full socket; this wakes it.
+                state.urgent = Some((code, reason));
+                state.wake_writer();
+            }
         }
         self.close(code, reason);
     }
 
     pub fn is_closed(&self) -> bool {
-        self.0.closed.is_set()
+        lock(&self.0.state).closed
     }
 
-    /// Resolves once a close has been requested.
-    pub async fn closed(&self) {
-        self.0.closed.wait().await
+    /// Asks the connection's reader to finish the request in hand and stop
+    /// (the server is draining); see `stopped`.
+    pub fn stop(&self) {
+        let mut state = lock(&self.0.state);
+        state.stop = true;
+        state.wake_reader();
+    }
+
+    /// Resolves once a close or a stop has been requested. For the
+    /// connection's reader only: it keeps one waker.
+    pub async fn stopped(&self) {
+        poll_fn(|cx| {
+            let mut state = lock(&self.0.state);
+            if state.closed || state.stop {
+                Poll::Ready(())
+            } else {
+                state.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Takes everything queued into `into` (which is empty), waiting until
+    /// there is something. Once an urgent close was requested it takes
+    /// nothing more (`urgent_close` is ready then). Both buffers are given
+    /// back before waiting: a connection between bursts holds no queue space.
+    async fn take(&self, into: &mut VecDeque<Item>) {
+        poll_fn(|cx| {
+            let mut state = lock(&self.0.state);
+            if state.urgent.is_some() {
+                return Poll::Pending;
+            }
+            if state.items.is_empty() {
+                *into = VecDeque::new();
+                state.items = VecDeque::new();
+                state.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            std::mem::swap(&mut state.items, into);
+            Poll::Ready(())
+        })
+        .await
     }
 
     async fn urgent_close(&self) -> (u16, &'static str) {
-        self.0.urgent.wait().await;
-        *self.0.urgent_close.get().expect("set before the flag")
+        poll_fn(|cx| {
+            let mut state = lock(&self.0.state);
+            match state.urgent {
+                Some(close) => Poll::Ready(close),
+                None => {
+                    state.writer = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 }
 
@@ -190,7 +279,6 @@ pub enum Refused {
 /// The receiving side: drains the outbox into the socket.
 pub struct Writer {
     outbox: Outbox,
-    items: async_channel::Receiver<Item>,
 }
 
 impl Writer {
@@ -202,26 +290,20 @@ impl Writer {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let close = async {
-            // Grown on use: an idle connection keeps no batch space.
-            let mut batch = Vec::new();
+            // Swapped with the outbox's queue: the writer takes a whole burst
+            // under one lock, and while bursts follow each other the two
+            // buffers are reused.
+            let mut batch = VecDeque::new();
             loop {
-                let Ok(first) = self.items.recv().await else {
-                    return None;
-                };
-                batch.push(first);
-                while batch.len() < BATCH {
-                    match self.items.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                for item in batch.drain(..) {
+                self.outbox.take(&mut batch).await;
+                let mut fed = 0;
+                while let Some(item) = batch.pop_front() {
                     match item {
                         Item::Frame(frame) => {
-                            self.taken();
                             if socket.feed(WsMessage::Text(frame)).await.is_err() {
                                 return None;
                             }
+                            self.taken();
                         }
                         Item::Ping => {
                             if socket
@@ -233,6 +315,10 @@ impl Writer {
                             }
                         }
                         Item::Close(code, reason) => return Some((code, reason)),
+                    }
+                    fed += 1;
+                    if fed % BATCH == 0 && socket.flush().await.is_err() {
+                        return None;
                     }
                 }
                 if socket.flush().await.is_err() {
@@ -250,13 +336,22 @@ impl Writer {
             let _ = async_std::future::timeout(CLOSE_TIMEOUT, socket.close(Some(frame))).await;
         }
         // Nothing more will be written: refuse further frames and free the queue.
-        self.outbox.0.closed.set();
+        let mut state = lock(&self.outbox.0.state);
+        state.closed = true;
+        state.items = VecDeque::new();
+        state.wake_reader();
+        drop(state);
+        self.outbox.0.queued.store(0, Ordering::Release);
         self.outbox.0.drained.notify(usize::MAX);
-        self.items.close();
     }
 
+    /// Counts a frame out. A `push` waits only while half the limit is
+    /// queued, so only the step below that wakes anyone (and an `Event`
+    /// allocates on its first notification: idle connections never pay).
     fn taken(&self) {
-        self.outbox.0.queued.fetch_sub(1, Ordering::AcqRel);
-        self.outbox.0.drained.notify(usize::MAX);
+        let shared = &self.outbox.0;
+        if shared.queued.fetch_sub(1, Ordering::AcqRel) == shared.limit / 2 {
+            shared.drained.notify(usize::MAX);
+        }
     }
 }

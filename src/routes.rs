@@ -30,9 +30,10 @@ use crate::store::{Draft, Epoch, Slice};
 pub type Body = Full<Bytes>;
 
 /// Read buffer of an upgraded WebSocket. tungstenite's default is 128 KiB and
-/// is touched at once; 1 KiB holds most chat frames whole and keeps an idle
-/// connection small. Larger frames still arrive, in several reads.
-const WS_READ_BUFFER: usize = 1024;
+/// is touched at once; 256 bytes hold most chat frames whole and keep an idle
+/// connection small (clients send little: fan-out is writes). Larger frames
+/// still arrive, in several reads.
+const WS_READ_BUFFER: usize = 256;
 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     match route(&app, req).await {
@@ -302,7 +303,9 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
             Some(config),
         )
         .await;
-        connection::serve(app, ws, params).await;
+        // A task of its own: this one's state (the upgrade) is freed now,
+        // not carried for the connection's whole life.
+        async_std::task::spawn(connection::serve(app, ws, params));
     });
 
     let mut response = Response::new(Body::default());
