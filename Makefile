@@ -6,13 +6,15 @@
 #   make redis                                   # a local Redis on REDIS_PORT (6379)
 #   make run PORT=8081 REDIS_URL=redis://127.0.0.1:6379
 #   make client PORT=8082 ROOM=general NAME=alice
+#   make cluster                                 # a local Redis Cluster on ports 7000-7005
+#   make bench                                   # parlor against Socket.IO: docs/BENCHMARKS.md
 
 CARGO ?= cargo
 REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint fmt client deps redis clean
+.PHONY: build run test lint fmt client deps redis cluster bench clean
 
 build:
 	$(CARGO) build --release
@@ -58,6 +60,45 @@ redis:
 	    --appendfsync everysec --dir $(CURDIR)/target/redis --logfile $(CURDIR)/target/redis/redis.log && \
 	  echo "Redis started on port $(REDIS_PORT) (data in target/redis; stop it with redis-cli -p $(REDIS_PORT) shutdown)"; \
 	fi
+
+# A local Redis Cluster for the demo: three masters with a replica each on
+# ports CLUSTER_PORT (7000) to CLUSTER_PORT+5, data in target/cluster.
+CLUSTER_PORT ?= 7000
+CLUSTER_PORTS = $(shell seq $(CLUSTER_PORT) $$(($(CLUSTER_PORT) + 5)))
+
+cluster:
+	@$(MAKE) --no-print-directory deps DEPS=redis-server=redis-server
+	@for port in $(CLUSTER_PORTS); do \
+	  redis-cli -p $$port ping >/dev/null 2>&1 && continue; \
+	  mkdir -p target/cluster/$$port && \
+	  redis-server --port $$port --bind 127.0.0.1 --daemonize yes --cluster-enabled yes \
+	    --cluster-node-timeout 5000 --appendonly yes --dir $(CURDIR)/target/cluster/$$port \
+	    --logfile $(CURDIR)/target/cluster/$$port/redis.log || exit 1; \
+	done
+	@sleep 1
+	@if redis-cli -p $(CLUSTER_PORT) cluster info | grep -q cluster_state:ok; then \
+	  echo "a Redis Cluster already answers on ports $(CLUSTER_PORT) and up"; \
+	else \
+	  redis-cli --cluster create $(foreach port,$(CLUSTER_PORTS),127.0.0.1:$(port)) \
+	    --cluster-replicas 1 --cluster-yes >/dev/null && \
+	  until redis-cli -p $(CLUSTER_PORT) cluster info | grep -q cluster_state:ok; do sleep 0.2; done && \
+	  echo "Redis Cluster started on ports $(CLUSTER_PORT) to $$(($(CLUSTER_PORT) + 5)) (stop each node with redis-cli -p PORT shutdown)"; \
+	fi
+
+# The benchmark: parlor against Socket.IO 4.8 on a redis-server of
+# its own (BENCH_REDIS_PORT, 6400) and ports from BENCH_PORT (19000) on, about
+# 8 minutes (more while other work keeps the machine busy); it writes
+# docs/BENCHMARKS.md and docs/bench-latency.svg. QUICK=1 runs smaller sizes in
+# 1 to 2 minutes and writes to target/bench/ instead.
+bench: bench/socketio/node_modules/.package-lock.json
+	@$(MAKE) --no-print-directory deps DEPS="redis-server=redis-server redis-benchmark=redis-tools"
+	$(CARGO) build --release --bins --examples
+	ulimit -n $$(ulimit -Hn) && python3 bench/run.py $(if $(QUICK),--quick)
+
+# Socket.IO and its Redis adapters for the benchmark, exactly as locked, into
+# an ignored folder; again whenever the lock file changes.
+bench/socketio/node_modules/.package-lock.json: bench/socketio/package-lock.json
+	npm ci --prefix bench/socketio --no-audit --no-fund
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,893 @@
+#!/usr/bin/env python3
+"""The driver of parlor's benchmark; `make bench` runs it.
+
+It starts a redis-server of its own, then for each server under test (parlor,
+Socket.IO with the Pub/Sub adapter, Socket.IO with the Streams adapter) two
+instances over that Redis, runs examples/bench.rs against them scenario by
+scenario, and writes BENCHMARKS.md and bench-latency.svg from the JSON lines
+the bench prints: into docs/ for a full run, into target/bench/ for a quick
+one, so that a development run does not replace the published numbers. Every
+process it starts is stopped on the way out, whether the run succeeds, fails
+or is interrupted.
+
+    python3 bench/run.py [--quick]
+
+BENCH_REDIS_PORT (6400) and BENCH_PORT (19000, the first of the 12 ports the
+servers take) choose the ports. Logs and the raw results (results.jsonl) go to
+target/bench/. Python 3 standard library only.
+"""
+
+import argparse
+import datetime
+import html
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "target" / "bench"
+PARLOR = "./target/release/parlor"
+BENCH = "./target/release/examples/bench"
+SOCKETIO = "bench/socketio"
+
+# The full run takes about 8 minutes on 2 cores; the
+# quick one goes through every step in 1 to 2 minutes. Where other work keeps
+# the machine busy, runs are retried until `patience_minutes` have passed.
+SIZES = {
+    "full": {
+        "idle": 19000,
+        "rooms": 50,
+        "subscribers": 40,
+        "publishers": 10,
+        "saturation_seconds": 10,
+        "rate_seconds": 15,
+        "rates": [10000, 20000, 40000, 80000],
+        "warmup_seconds": 3,
+        "ingest_seconds": 10,
+        "ceiling_requests": 500000,
+        "replays": 50,
+        "patience_minutes": 12,
+    },
+    "quick": {
+        "idle": 2000,
+        "rooms": 10,
+        "subscribers": 20,
+        "publishers": 4,
+        "saturation_seconds": 3,
+        "rate_seconds": 3,
+        "rates": [10000, 40000],
+        "warmup_seconds": 1,
+        "ingest_seconds": 3,
+        "ceiling_requests": 100000,
+        "replays": 10,
+        "patience_minutes": 3,
+    },
+}
+# The fixed rate at which parlor's CPU and latency targets are stated.
+TARGET_RATE = 40000
+# Idle connections go to 127.0.0.1 .. 127.0.0.SPREAD (see --spread in bench.rs).
+SPREAD = 8
+WINDOW = 64
+MISSED = 1000
+
+SERVERS = [
+    {"key": "parlor", "name": "parlor", "target": "parlor"},
+    {"key": "pubsub", "name": "Socket.IO, Pub/Sub adapter", "target": "socketio", "adapter": "pubsub"},
+    {"key": "streams", "name": "Socket.IO, Streams adapter", "target": "socketio", "adapter": "streams"},
+]
+COLORS = {"parlor": "#1b7837", "pubsub": "#c2185b", "streams": "#1f5fa8"}
+
+# The shape of parlor's store step (src/publish.lua) for redis-benchmark: read
+# the epoch, look the ref up, take the next id, append to the stream with
+# MAXLEN, remember the ref, publish the frame. One room, since redis-benchmark
+# cannot give the meta and stream keys the same random number; fresh refs.
+CEILING_SCRIPT = """\
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or 'e0000000'
+if redis.call('GET', KEYS[3]) then return 0 end
+local id = redis.call('HINCRBY', KEYS[1], 'head', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], id .. '-0', 'user', ARGV[1], 'text', ARGV[2], 'ts', ARGV[3])
+redis.call('SET', KEYS[3], epoch .. ' ' .. id .. ' ' .. ARGV[3], 'EX', 300)
+redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. id .. ' ' .. ARGV[6] .. id .. ARGV[7])
+return id
+"""
+# A message as big as the bench's: its text is a send time in microseconds.
+CEILING_ARGS = [
+    "pub0", "1234567890123456", "1795000000000", "10000", "parlor:bench",
+    '{"type":"message","room":"bench-ingest-0","id":',
+    ',"user":"pub0","text":"1234567890123456","ts":1795000000000}',
+]
+
+
+class BenchError(Exception):
+    pass
+
+
+class Run:
+    """The processes one benchmark run started, and the commands it ran."""
+
+    def __init__(self, redis_port, patience):
+        self.redis_port = redis_port
+        # Until when it waits for a quiet machine and runs disturbed runs
+        # again; past it, the run goes on as it can, to end in bounded time.
+        self.patient_until = time.monotonic() + patience
+        self.processes = []
+        self.commands = []
+        # Process ids are shown by name in the commands, so that they read as
+        # something one can run again.
+        self.pid_names = {}
+        self.failures = []
+        self.reports = []
+
+    def own_ticks(self):
+        """Clock ticks used by the processes this run started, the finished
+        bench runs included."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        running = sum(cpu_ticks(process.pid) for process in self.processes if process.poll() is None)
+        return running + (children.ru_utime + children.ru_stime) * 100
+
+    def settle(self, seconds=60):
+        """Waits, up to `seconds`, for the machine to fall quiet: the servers
+        done with the previous run's disconnects, and nothing else busy, such
+        as a build, which would distort the next run's figures."""
+        deadline = min(time.monotonic() + seconds, self.patient_until)
+        while time.monotonic() < deadline:
+            before = busy_ticks()
+            time.sleep(1)
+            if busy_ticks() - before <= 20:
+                return
+
+    def note(self, argv, env=None):
+        words = [f"{k}={v}" for k, v in (env or {}).items()]
+        words += [self.pid_names.get(word, word) for word in map(str, argv)]
+        self.commands.append(
+            " ".join(word if re.fullmatch(r"\$[A-Z_]+", word) else shlex.quote(word) for word in words)
+        )
+
+    def start(self, name, argv, env=None):
+        (OUT / "logs").mkdir(parents=True, exist_ok=True)
+        env = {k: str(v) for k, v in (env or {}).items()}
+        self.note(argv, env)
+        with open(OUT / "logs" / f"{name}.log", "w") as log:
+            process = subprocess.Popen(
+                list(map(str, argv)),
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Outside the terminal's process group, so that Ctrl-C reaches
+                # the driver alone, which then stops everything in order.
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self, process):
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.remove(process)
+
+    def stop_all(self):
+        for process in reversed(self.processes[:]):
+            self.stop(process)
+
+    def redis_cli(self, *words):
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.redis_port), *words],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+
+    def start_redis(self):
+        (OUT / "redis").mkdir(parents=True, exist_ok=True)
+        redis = self.start("redis", [
+            "redis-server", "--port", self.redis_port, "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", "target/bench/redis",
+        ])
+        self.pid_names[str(redis.pid)] = "$REDIS_PID"
+
+        def answers():
+            try:
+                return self.redis_cli("ping") == "PONG"
+            except subprocess.CalledProcessError:
+                return False
+
+        wait_until(answers, redis, "redis")
+        return redis
+
+    def start_pair(self, server, ports):
+        """Two instances of `server` over the bench's Redis, ready to serve."""
+        redis_url = f"redis://127.0.0.1:{self.redis_port}"
+        pair = []
+        for label, port in zip("AB", ports):
+            name = f"{server['key']}-{label}-{port}"
+            if server["target"] == "parlor":
+                process = self.start(name, [
+                    PARLOR, "--port", port, "--redis", redis_url,
+                    "--rate", 1000000, "--burst", 1000000, "--max-connections", 30000,
+                ])
+                probe = f"http://127.0.0.1:{port}/readyz"
+            else:
+                env = {"PORT": port, "REDIS_URL": redis_url, "ADAPTER": server["adapter"]}
+                process = self.start(name, ["node", f"{SOCKETIO}/server.js"], env)
+                probe = f"http://127.0.0.1:{port}/healthz"
+            self.pid_names[str(process.pid)] = f"${label}_PID"
+            wait_until(lambda: http_ok(probe), process, name)
+            pair.append((process, port))
+        return pair
+
+    def bench(self, server, instances, redis, scenario, options, spread=1, timeout=300, tries=2):
+        """Runs examples/bench.rs against `instances` once the machine is
+        quiet, and again (up to `tries` in all) while other work on the
+        machine disturbs the run; returns the JSON report of the least
+        disturbed try, which has an `error` when the run failed."""
+        argv = [BENCH, "--target", server["target"]]
+        if spread > 1:
+            argv += ["--spread", spread]
+        for process, port in instances:
+            argv += ["--url", f"ws://127.0.0.1:{port}", "--server-pid", process.pid]
+        argv += ["--redis-pid", redis.pid, scenario, *options]
+        self.note(argv)
+        done = []
+        while len(done) < tries:
+            self.settle()
+            report = self.bench_once(argv, timeout)
+            report["server"] = server["key"]
+            done.append(report)
+            if "error" in report or not report["disturbed"] or time.monotonic() > self.patient_until:
+                break
+            print(f"bench: other processes used {report['other_cpu_s']:.1f} s of CPU meanwhile",
+                  file=sys.stderr, flush=True)
+        report = min(done, key=lambda r: r["other_cpu_s"] / r["wall_s"])
+        for other in done:
+            other["kept"] = other is report
+        self.reports += done
+        if "error" in report:
+            self.failures.append(f"{server['name']}, {scenario}: {report['error']}")
+        return report
+
+    def bench_once(self, argv, timeout):
+        busy, ours, started = busy_ticks(), self.own_ticks(), time.monotonic()
+        try:
+            done = subprocess.run(
+                list(map(str, argv)), cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout
+            )
+            lines = done.stdout.strip().splitlines()
+            report = json.loads(lines[-1]) if lines else {"error": f"exit code {done.returncode}, no report"}
+        except subprocess.TimeoutExpired:
+            report = {"error": f"no report within {timeout} s"}
+        except json.JSONDecodeError:
+            report = {"error": f"exit code {done.returncode}, unreadable report"}
+        report["wall_s"] = time.monotonic() - started
+        # What the rest of the machine used meanwhile; more than a tenth of a
+        # core on average means something else competed for the cores.
+        report["other_cpu_s"] = max(0, (busy_ticks() - busy) - (self.own_ticks() - ours)) / 100
+        report["disturbed"] = report["other_cpu_s"] > 0.1 * report["wall_s"]
+        return report
+
+    def ceiling(self, requests):
+        """redis-benchmark's rate for parlor's script shape on the same Redis."""
+        self.settle()
+        sha = self.redis_cli("script", "load", CEILING_SCRIPT)
+        self.commands.append(
+            f"redis-cli -p {self.redis_port} script load \"$CEILING_SCRIPT\"   # the script below; prints $SHA"
+        )
+        argv = [
+            "redis-benchmark", "-p", self.redis_port, "-n", requests, "-c", 50, "-P", 16,
+            "-r", 1000000000, "--csv", "EVALSHA", sha, 3,
+            "bench:meta", "bench:stream", "bench:ref:__rand_int__", *CEILING_ARGS,
+        ]
+        self.note([word if word != sha else "$SHA" for word in argv])
+        done = subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=600)
+        # The last line is the result; its first quoted field (the command)
+        # holds quotes of its own, so take the numbers from the end.
+        numbers = re.findall(r'"([0-9.]+)"', done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "")
+        if done.returncode != 0 or len(numbers) < 7:
+            self.failures.append(f"redis-benchmark: {done.stderr.strip() or done.stdout.strip()}")
+            return {"error": "redis-benchmark failed"}
+        report = {"scenario": "ceiling", "requests": requests, "rate": float(numbers[-7])}
+        self.reports.append(report)
+        return report
+
+
+def http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def wait_until(ready, process, name, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None:
+            raise BenchError(f"{name} exited with code {process.returncode}; see target/bench/logs/{name}.log")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name} was not ready after {seconds} s")
+        time.sleep(0.1)
+
+
+def cpu_ticks(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def busy_ticks():
+    """Clock ticks (1/100 s) the whole machine has been busy, all cores."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq + steal
+
+
+def run_server(run, server, sizes, ports, redis):
+    """Every scenario against one server: idle on a fresh pair of instances,
+    then fanout (and, for parlor, ingest and replay) on another fresh pair."""
+    results = {"rates": {}}
+    print(f"== {server['name']}", file=sys.stderr, flush=True)
+    run.redis_cli("flushall")
+    pair = run.start_pair(server, ports[:2])
+    # Once only: a second try on the same instance would find memory the
+    # first one freed.
+    results["idle"] = run.bench(
+        server, pair[:1], redis, "idle", ["--connections", sizes["idle"]], spread=SPREAD, timeout=900, tries=1
+    )
+    for process, _ in pair:
+        run.stop(process)
+
+    run.redis_cli("flushall")
+    pair = run.start_pair(server, ports[2:])
+
+    def fanout(seconds, rate, tries=2):
+        options = [
+            "--rooms", sizes["rooms"], "--subscribers", sizes["subscribers"],
+            "--publishers", sizes["publishers"], "--seconds", seconds, "--rate", rate, "--window", WINDOW,
+        ]
+        return run.bench(server, pair, redis, "fanout", options, timeout=seconds + 300, tries=tries)
+
+    # A first run lets Node's JIT and every allocator warm up; it is not reported.
+    fanout(sizes["warmup_seconds"], 10000, tries=1)["warmup"] = True
+    results["saturation"] = fanout(sizes["saturation_seconds"], 0)
+    for rate in sizes["rates"]:
+        results["rates"][rate] = fanout(sizes["rate_seconds"], rate)
+    if server["target"] == "parlor":
+        results["ingest"] = run.bench(
+            server, pair[:1], redis, "ingest",
+            ["--seconds", sizes["ingest_seconds"], "--publishers", 8, "--rooms", 100, "--window", WINDOW],
+        )
+        results["ceiling"] = run.ceiling(sizes["ceiling_requests"])
+        results["replay"] = run.bench(
+            server, pair, redis, "replay", ["--missed", MISSED, "--repeats", sizes["replays"]]
+        )
+    for process, _ in pair:
+        run.stop(process)
+    return results
+
+
+def command_output(*argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def package_version(name):
+    try:
+        path = ROOT / SOCKETIO / "node_modules" / name / "package.json"
+        return json.loads(path.read_text())["version"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return "unknown"
+
+
+def machine():
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        "unknown",
+    )
+    memory = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    head = command_output("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+    dirty = command_output("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", "src")
+    return {
+        "cores (nproc)": command_output("nproc"),
+        "CPU": cpu,
+        "memory": f"{memory / 1024 / 1024:.0f} GiB",
+        "kernel": f"Linux {platform.release()}",
+        "parlor": f"commit {head}" + (" with uncommitted changes in src/" if dirty else ""),
+        "rustc": command_output("rustc", "--version"),
+        "node": command_output("node", "--version"),
+        "redis": command_output("redis-server", "--version").split(" sha=")[0],
+        "socket.io": package_version("socket.io"),
+        "@socket.io/redis-adapter": package_version("@socket.io/redis-adapter"),
+        "@socket.io/redis-streams-adapter": package_version("@socket.io/redis-streams-adapter"),
+        "redis (node client)": package_version("redis"),
+        "open files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+# Figures from the reports; each is None where the run failed or has no such
+# figure.
+
+def good(report):
+    return bool(report) and "error" not in report
+
+
+def per_1k(report, field):
+    """Milliseconds of CPU per 1,000 deliveries (= microseconds per delivery)."""
+    if not good(report) or not report.get("deliveries"):
+        return None
+    return report[field] * 1e6 / report["deliveries"]
+
+
+def latency(report, percentile):
+    return report["latency_ms"][percentile] if good(report) and report.get("deliveries") else None
+
+
+def field(report, name, scale=1):
+    return report[name] * scale if good(report) else None
+
+
+def correct(report):
+    if not good(report):
+        return None
+    if report["ok"]:
+        return "yes"
+    faults = ", ".join(f"{n:,} {kind}" for kind, n in report["faults"].items() if n)
+    return f"NO ({report['deliveries']:,} of {report['expected']:,} delivered; subscribers with faults: {faults})"
+
+
+def number(value, digits=0):
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    return f"{value:,.{digits}f}"
+
+
+def ratio(mine, theirs):
+    if mine is None or theirs is None or isinstance(mine, str) or not theirs:
+        return ""
+    return f"{mine / theirs:.2f}×"
+
+
+# Rows of the results table: label, figure of one server's results, digits,
+# and what the Socket.IO columns show: "ratio" (figures and parlor ÷ them),
+# "plain" (figures only) or "parlor" (parlor-only scenarios).
+def fanout_rows(title, pick):
+    return [
+        (f"{title}: deliveries/s", lambda r: field(pick(r), "delivery_rate"), 0, "ratio"),
+        (f"{title}: latency p50 (ms)", lambda r: latency(pick(r), "p50"), 2, "ratio"),
+        (f"{title}: latency p99 (ms)", lambda r: latency(pick(r), "p99"), 2, "ratio"),
+        (f"{title}: latency p99.9 (ms)", lambda r: latency(pick(r), "p999"), 2, "ratio"),
+        (f"{title}: server CPU ms per 1,000 deliveries", lambda r: per_1k(pick(r), "server_cpu_s"), 2, "ratio"),
+        (f"{title}: Redis CPU ms per 1,000 deliveries", lambda r: per_1k(pick(r), "redis_cpu_s"), 2, "ratio"),
+        (f"{title}: nothing lost, duplicated or reordered", lambda r: correct(pick(r)), 0, "plain"),
+    ]
+
+
+def results_table(results, sizes):
+    def replay(percentile):
+        return lambda r: r["replay"]["ms"][percentile] if good(r.get("replay")) else None
+
+    rows = [
+        ("Idle: connections held on one instance", lambda r: field(r.get("idle"), "connections"), 0, "plain"),
+        ("Idle: connect rate (connections/s, joined)", lambda r: field(r.get("idle"), "connect_rate"), 0, "ratio"),
+        ("Idle: RSS per connection (KiB)",
+         lambda r: field(r.get("idle"), "rss_per_connection_bytes", 1 / 1024), 2, "ratio"),
+    ]
+    rows += fanout_rows("Fanout, maximum rate", lambda r: r.get("saturation"))
+    for rate in sizes["rates"]:
+        rows += fanout_rows(f"Fanout at {rate:,}/s", lambda r, rate=rate: r["rates"].get(rate))
+    rows += [
+        ("Ingest through one instance: messages/s stored", lambda r: field(r.get("ingest"), "rate"), 0, "parlor"),
+        ("redis-benchmark, same script shape: calls/s (the ceiling)",
+         lambda r: field(r.get("ceiling"), "rate"), 0, "parlor"),
+        (f"Replay of {MISSED:,} missed messages: p50 (ms)", replay("p50"), 2, "parlor"),
+        (f"Replay of {MISSED:,} missed messages: p99 (ms)", replay("p99"), 2, "parlor"),
+    ]
+    names = [server["name"] for server in SERVERS]
+    lines = [
+        f"| | {' | '.join(names)} | parlor ÷ {names[1]} | parlor ÷ {names[2]} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, pick, digits, others in rows:
+        values = [pick(results.get(server["key"], {"rates": {}})) for server in SERVERS]
+        if others == "parlor":
+            cells = [number(values[0], digits), "n/a", "n/a", "", ""]
+        else:
+            cells = [number(value, digits) for value in values]
+            if others == "ratio":
+                cells += [ratio(values[0], values[1]), ratio(values[0], values[2])]
+            else:
+                cells += ["", ""]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def targets_table(results):
+    parlor = results.get("parlor", {"rates": {}})
+    pubsub = results.get("pubsub", {"rates": {}})
+    saturation, at_rate = parlor.get("saturation"), parlor["rates"].get(TARGET_RATE)
+    their_saturation, their_rate = pubsub.get("saturation"), pubsub["rates"].get(TARGET_RATE)
+
+    def checked(report, value):
+        """A figure from a parlor run counts only if the run was correct."""
+        return value if good(report) and report.get("ok", True) else None
+
+    def compare(mine, theirs):
+        return mine / theirs if mine is not None and theirs else None
+
+    rss = field(parlor.get("idle"), "rss_per_connection_bytes", 1 / 1024)
+    cpu_saturation = compare(checked(saturation, per_1k(saturation, "server_cpu_s")),
+                             per_1k(their_saturation, "server_cpu_s"))
+    cpu_rate = compare(checked(at_rate, per_1k(at_rate, "server_cpu_s")), per_1k(their_rate, "server_cpu_s"))
+    p99_rate = compare(checked(at_rate, latency(at_rate, "p99")), latency(their_rate, "p99"))
+    ingest = compare(field(parlor.get("ingest"), "rate"), field(parlor.get("ceiling"), "rate"))
+    replay = parlor["replay"]["ms"]["p99"] if good(parlor.get("replay")) else None
+    held = field(parlor.get("idle"), "connections")
+    # Each target: label, goal, measured value, test, unit, and the runs it
+    # comes from, so that a verdict from a disturbed run says so.
+    targets = [
+        (f"RSS per idle connection ({number(held)} held)", "≤ 4 KiB", rss, lambda v: v <= 4, " KiB",
+         [parlor.get("idle")]),
+        ("Server CPU per 1,000 deliveries at maximum rate, ÷ Socket.IO (Pub/Sub)", "≤ 0.125 (1/8)",
+         cpu_saturation, lambda v: v <= 1 / 8, "×", [saturation, their_saturation]),
+        (f"Server CPU per 1,000 deliveries at {TARGET_RATE:,}/s, ÷ Socket.IO (Pub/Sub)", "≤ 0.125 (1/8)",
+         cpu_rate, lambda v: v <= 1 / 8, "×", [at_rate, their_rate]),
+        (f"Latency p99 at {TARGET_RATE:,}/s, ÷ Socket.IO (Pub/Sub)", "≤ 0.2 (1/5)", p99_rate,
+         lambda v: v <= 1 / 5, "×", [at_rate, their_rate]),
+        ("Ingest, ÷ the redis-benchmark ceiling", "≥ 0.5", ingest, lambda v: v >= 0.5, "×", [parlor.get("ingest")]),
+        (f"Replay of {MISSED:,} missed messages, p99", "< 20 ms", replay, lambda v: v < 20, " ms",
+         [parlor.get("replay")]),
+    ]
+    lines = ["| target | goal | measured | |", "| --- | --- | ---: | --- |"]
+    for label, goal, value, met, unit, sources in targets:
+        if value is None:
+            lines.append(f"| {label} | {goal} | — | no result |")
+            continue
+        verdict = "met" if met(value) else "**not met**"
+        if any(source and source.get("disturbed") for source in sources):
+            verdict += " (from a disturbed run)"
+        lines.append(f"| {label} | {goal} | {value:.3g}{unit} | {verdict} |")
+    return "\n".join(lines)
+
+
+def runs_table(reports):
+    lines = [
+        "| server | scenario | offered | messages | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms "
+        "| server CPU s | Redis CPU s | others' CPU s | correct |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    names = {server["key"]: server["name"] for server in SERVERS}
+    for report in reports:
+        if report.get("scenario") != "fanout" and "error" not in report:
+            continue
+        name = names.get(report.get("server"), report.get("server"))
+        if "error" in report:
+            lines.append(f"| {name} | {report.get('scenario', '')} | | | | | | | | | | | failed: {report['error']} |")
+            continue
+        offered = f"{report['rate']:,}/s" if report["rate"] else "maximum"
+        if report.get("warmup"):
+            offered += " (warm-up)"
+        if not report["kept"]:
+            offered += " (disturbed: run again)"
+        elif report["disturbed"]:
+            offered += " (disturbed)"
+        ms = report["latency_ms"]
+        lines.append(
+            f"| {name} | fanout | {offered} | {report['messages']:,} | {report['delivery_rate']:,.0f} "
+            f"| {ms['p50']:.2f} | {ms['p99']:.2f} | {ms['p999']:.2f} | {ms['max']:.2f} "
+            f"| {report['server_cpu_s']:.2f} | {report['redis_cpu_s']:.2f} | {report['other_cpu_s']:.2f} "
+            f"| {correct(report)} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(results, path):
+    """docs/bench-latency.svg: p50 and p99 latency against delivered rate,
+    one colour per server; a log scale, since the servers differ by orders of
+    magnitude at the top end."""
+    width, height = 820, 470
+    left, right, top, bottom = 70, 250, 50, 60
+    plot_w, plot_h = width - left - right, height - top - bottom
+    series = []
+    for server in SERVERS:
+        mine = results.get(server["key"], {"rates": {}})
+        points = sorted(
+            (r["delivery_rate"], r["latency_ms"]["p50"], r["latency_ms"]["p99"])
+            for r in mine["rates"].values() if good(r) and r["deliveries"]
+        )
+        saturation = mine.get("saturation")
+        top_point = None
+        if good(saturation) and saturation["deliveries"]:
+            ms = saturation["latency_ms"]
+            top_point = (saturation["delivery_rate"], ms["p50"], ms["p99"])
+        series.append((server, points, top_point))
+    everything = [p for _, points, top_point in series for p in points + ([top_point] if top_point else [])]
+    if not everything:
+        path.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="400" height="40">'
+                        '<text x="10" y="25">no fanout results</text></svg>\n')
+        return
+    x_step = nice_step(max(p[0] for p in everything) / 5)
+    x_max = math.ceil(max(p[0] for p in everything) * 1.02 / x_step) * x_step
+    values = [v for p in everything for v in p[1:] if v > 0]
+    y_low = 10 ** math.floor(math.log10(min(values)))
+    y_high = 10 ** math.ceil(math.log10(max(values)))
+    if y_high <= y_low:
+        y_high = y_low * 10
+
+    def x(rate):
+        return left + rate / x_max * plot_w
+
+    def y(ms):
+        ms = max(ms, y_low)
+        return top + plot_h - (math.log10(ms) - math.log10(y_low)) / (math.log10(y_high) - math.log10(y_low)) * plot_h
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="24" font-size="15" font-weight="bold">'
+        'End-to-end latency against delivered rate (fanout, two instances, one Redis)</text>',
+    ]
+    decade = y_low
+    while decade <= y_high * 1.0001:
+        for step in (1, 2, 5):
+            tick = decade * step
+            if y_low <= tick <= y_high * 1.0001:
+                strong = step == 1
+                out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
+                           f'stroke="{"#bbb" if strong else "#e4e4e4"}"/>')
+                out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
+        decade *= 10
+    for i in range(round(x_max / x_step) + 1):
+        rate = x_step * i
+        out.append(f'<line x1="{x(rate):.1f}" x2="{x(rate):.1f}" y1="{top}" y2="{top + plot_h}" stroke="#e4e4e4"/>')
+        out.append(f'<text x="{x(rate):.1f}" y="{top + plot_h + 18}" text-anchor="middle">{rate / 1000:g}k</text>')
+    out += [
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444"/>',
+        f'<text x="{left + plot_w / 2}" y="{height - 15}" text-anchor="middle">delivered messages per second</text>',
+        f'<text transform="translate(18 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
+        'latency, ms (log scale)</text>',
+    ]
+    for server, points, top_point in series:
+        color = COLORS[server["key"]]
+        for index, dash in ((1, ""), (2, ' stroke-dasharray="6 4"')):
+            if len(points) > 1:
+                line = " ".join(f"{x(p[0]):.1f},{y(p[index]):.1f}" for p in points)
+                out.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+            for p in points:
+                out.append(f'<circle cx="{x(p[0]):.1f}" cy="{y(p[index]):.1f}" r="3.5" fill="{color}"/>')
+            if top_point:
+                out.append(f'<rect x="{x(top_point[0]) - 4:.1f}" y="{y(top_point[index]) - 4:.1f}" '
+                           f'width="8" height="8" fill="white" stroke="{color}" stroke-width="2"/>')
+    legend_x, legend_y = left + plot_w + 20, top + 10
+    for i, (server, _, _) in enumerate(series):
+        row = legend_y + i * 22
+        out.append(f'<line x1="{legend_x}" x2="{legend_x + 24}" y1="{row}" y2="{row}" '
+                   f'stroke="{COLORS[server["key"]]}" stroke-width="3"/>')
+        out.append(f'<text x="{legend_x + 32}" y="{row + 4}">{html.escape(server["name"])}</text>')
+    row = legend_y + len(series) * 22 + 14
+    out += [
+        f'<line x1="{legend_x}" x2="{legend_x + 24}" y1="{row}" y2="{row}" stroke="#444" stroke-width="2"/>',
+        f'<text x="{legend_x + 32}" y="{row + 4}">p50, fixed rates</text>',
+        f'<line x1="{legend_x}" x2="{legend_x + 24}" y1="{row + 22}" y2="{row + 22}" stroke="#444" '
+        'stroke-width="2" stroke-dasharray="6 4"/>',
+        f'<text x="{legend_x + 32}" y="{row + 26}">p99, fixed rates</text>',
+        f'<rect x="{legend_x + 8}" y="{row + 40}" width="8" height="8" fill="white" stroke="#444" stroke-width="2"/>',
+        f'<text x="{legend_x + 32}" y="{row + 48}">p50 and p99 at maximum rate</text>',
+        "</svg>",
+    ]
+    path.write_text("\n".join(out) + "\n")
+
+
+def nice_step(value):
+    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above value."""
+    power = 10 ** math.floor(math.log10(value))
+    return next(power * m for m in (1, 2, 2.5, 5, 10) if power * m >= value)
+
+
+def paragraph(text):
+    return textwrap.fill(" ".join(text.split()), 78)
+
+
+def document(run, results, sizes, mode, about, minutes):
+    when = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    rates = ", ".join(f"{rate:,}" for rate in sizes["rates"])
+    intro = paragraph(f"""
+        Generated by `make bench` (bench/run.py driving examples/bench.rs) on {when}, in {minutes:.1f} minutes.
+        Every figure comes from this one run; run `make bench` again to replace them.""")
+    if mode == "quick":
+        intro += "\n\n" + paragraph("""
+            **A quick run** (`make bench QUICK=1`), with smaller sizes than the targets are stated for;
+            the published figures come from `make bench`.""")
+    compared = paragraph(f"""
+        Compared: parlor, and Socket.IO {about['socket.io']} with `@socket.io/redis-adapter` (Redis Pub/Sub,
+        the usual setup) and with `@socket.io/redis-streams-adapter` plus connection state recovery
+        (Socket.IO's closest equivalent to parlor's stored, replayable rooms). Each server runs as two
+        instances over one Redis; Socket.IO's clients use the WebSocket transport only.""")
+    machine_lines = "\n".join(f"- {name}: {value}" for name, value in about.items())
+    shared = paragraph("""
+        Servers, Redis and the load generator share these cores; at maximum rate the load generator
+        itself needs a good part of them, so the saturation figures say what this machine does with
+        all three on it. Redis runs without persistence (`--save "" --appendonly no`) for every
+        server alike.""")
+    setup = paragraph(f"""
+        Ratios are parlor's figure divided by Socket.IO's: below 1 means parlor uses less (memory,
+        CPU, time), above 1 that it does more (connections, deliveries). Fanout:
+        {sizes['rooms']} rooms × {sizes['subscribers']} subscribers ({sizes['rooms'] * sizes['subscribers']:,}
+        connections, alternating between the two instances, so that every room has members on both),
+        {sizes['publishers']} publishers sending to the rooms in turn. At maximum rate each publisher
+        keeps {WINDOW} sends in flight for {sizes['saturation_seconds']} s; at the fixed rates ({rates}
+        deliveries/s) the sends are paced by the clock for {sizes['rate_seconds']} s each, whatever
+        the acks do, so that a server that cannot keep up shows it as latency.""")
+    failures = "".join(f"\n- {failure}" for failure in run.failures)
+    failures = f"\n## Failures\n{failures}\n" if failures else ""
+    notes = "\n".join(
+        "- " + paragraph(note).replace("\n", "\n  ")
+        for note in [
+            """**Acks differ.** A Socket.IO ack means "handed to the adapter"; parlor's means "stored in
+            Redis". At maximum rate Socket.IO's publishers are acked at once and run ahead of its
+            deliveries, so its latency there is mostly queueing; deliveries/s counts only what reached
+            subscribers, from the first send to the last delivery. Parlor's sends carry a `ref`, as its
+            web page's do, which costs it one more Redis write per message.""",
+            """**Latency** is end to end: each message carries its send time (the load generator's
+            monotonic clock, in microseconds), which the subscriber subtracts from the arrival time.
+            Publishers and subscribers are one process, so the clocks agree. With servers, Redis and
+            load generator on two cores, p99 and p99.9 at the higher fixed rates vary a lot from one
+            run to the next (several times over, for every server): weigh a tail-latency ratio from
+            one run accordingly.""",
+            """**CPU** is utime + stime of both instances (from `/proc/<pid>/stat`), from the first
+            send to the last delivery, in milliseconds per 1,000 deliveries (that is, microseconds
+            per delivery); Redis's CPU is shown apart. Before each
+            run the driver waits (up to a minute) for the whole machine to fall quiet, and a first
+            warm-up run is not counted. "others' CPU" is what processes outside the benchmark used
+            during a run (`/proc/stat`): above a tenth of a core on average, something else
+            competed for the cores; such a run is marked disturbed and run once more, and the
+            tables take the less disturbed try.""",
+            """**RSS** is VmRSS (`/proc/<pid>/status`) of the instance holding the idle connections
+            after all are joined and 3 s have passed, minus VmRSS before the first, divided by the
+            connections. Each server starts fresh for it.""",
+            """**Correctness.** Every subscriber checks, as messages arrive, that each is the next of
+            its sequence: parlor's room ids, from 1; Socket.IO's per-publisher sequence numbers in the
+            payload. At the end each must have reached what its publishers had acked. "gaps" are
+            deliveries that skipped ahead, "repeats" ones at or below a number already seen, "short"
+            subscribers that ended with less than was acked, "disconnected" ones whose connection
+            ended early. The Streams adapter keeps about 10,000 entries in its stream (its `maxLen`
+            default): an instance that falls further behind than that loses messages without a
+            word.""",
+            f"""**Addresses.** The idle connections go to 127.0.0.1 to 127.0.0.{SPREAD}: the servers
+            listen on every address, and each destination address has an ephemeral port range of its
+            own, which is what several source addresses would give. Binding source addresses would
+            need the `socket2` crate, which is not a dependency of the project.""",
+            """**The ceiling** is redis-benchmark calling, by SHA as parlor does, a script of the same
+            shape as parlor's store step, on one room with fresh refs:""",
+        ]
+    )
+    commands_intro = paragraph("""
+        Run from the repository root, in this order, after raising `ulimit -n` to the hard limit;
+        `$A_PID`, `$B_PID` and `$REDIS_PID` stand for the process ids of the two instances started
+        last and of redis-server.""")
+    commands = "\n".join(run.commands)
+    return f"""# Benchmarks
+
+{intro}
+
+{compared}
+
+## Machine
+
+{machine_lines}
+
+{shared}
+
+## Results
+
+{setup}
+
+{results_table(results, sizes)}
+
+## Targets
+
+{targets_table(results)}
+
+## Latency against delivered rate
+
+![p50 and p99 latency against delivered rate](bench-latency.svg)
+
+## Every fanout run
+
+{runs_table(run.reports)}
+{failures}
+## How the figures are taken
+
+{notes}
+
+```lua
+{CEILING_SCRIPT.rstrip()}
+```
+
+## Commands
+
+{commands_intro}
+
+```sh
+{commands}
+```
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Run parlor's benchmark and write BENCHMARKS.md.")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for development (1 to 2 minutes)")
+    mode = "quick" if parser.parse_args().quick else "full"
+    sizes = SIZES[mode]
+    redis_port = int(os.environ.get("BENCH_REDIS_PORT", "6400"))
+    base_port = int(os.environ.get("BENCH_PORT", "19000"))
+    for needed in (PARLOR, BENCH, f"{SOCKETIO}/node_modules"):
+        if not (ROOT / needed).exists():
+            sys.exit(f"{needed} is missing: run `make bench`, which builds and installs it")
+    # ~19,000 idle connections need as many descriptors in the bench and in
+    # the server holding them.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # SIGTERM and SIGHUP end the run through the same `finally` as Ctrl-C.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: sys.exit(128 + signum))
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    run = Run(redis_port, sizes["patience_minutes"] * 60)
+    results = {}
+    try:
+        redis = run.start_redis()
+        for index, server in enumerate(SERVERS):
+            ports = [base_port + 4 * index + i for i in range(4)]
+            try:
+                results[server["key"]] = run_server(run, server, sizes, ports, redis)
+            except BenchError as e:
+                run.failures.append(f"{server['name']}: {e}")
+                print(f"bench: {server['name']}: {e}", file=sys.stderr)
+                for process in run.processes[:]:
+                    if process is not redis:
+                        run.stop(process)
+    finally:
+        run.stop_all()
+
+    minutes = (time.monotonic() - started) / 60
+    (OUT / "results.jsonl").write_text("".join(json.dumps(report) + "\n" for report in run.reports))
+    docs = ROOT / "docs" if mode == "full" else OUT
+    (docs / "BENCHMARKS.md").write_text(document(run, results, sizes, mode, machine(), minutes))
+    chart(results, docs / "bench-latency.svg")
+    print(f"wrote {(docs / 'BENCHMARKS.md').relative_to(ROOT)} and bench-latency.svg in {minutes:.1f} minutes",
+          file=sys.stderr)
+    print(results_table(results, sizes))
+    print()
+    print(targets_table(results))
+    parlor_faults = [r for r in run.reports if r.get("server") == "parlor" and r.get("ok") is False]
+    if run.failures or parlor_faults:
+        for failure in run.failures:
+            print(f"FAILED: {failure}", file=sys.stderr)
+        if parlor_faults:
+            print("FAILED: parlor lost, duplicated or reordered messages (see the runs table)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
