@@ -6,6 +6,8 @@
 //! set of joined rooms; rooms hold its outbox to deliver live messages.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use async_tungstenite::tungstenite::error::CapacityError;
 use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use async_tungstenite::{WebSocketReceiver, WebSocketStream};
 use futures_lite::{FutureExt, StreamExt};
+use futures_util::stream::FuturesOrdered;
 
 use crate::app::App;
 use crate::auth::Identity;
@@ -23,7 +26,7 @@ use crate::fields::{Ref, Room};
 use crate::outbox::{Closed, Outbox, GOING_AWAY, NORMAL, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
 use crate::rooms::{ConnId, JoinError};
-use crate::store::{Draft, Signal, Slice};
+use crate::store::{Draft, Signal, Slice, Stored};
 
 /// How long a closing connection waits for its writer to finish and the
 /// client to answer the close.
@@ -36,6 +39,10 @@ const ABUSE_RATE: u32 = 10;
 /// Typing frames a connection may send in a burst, and per second after it.
 const SIGNAL_BURST: u32 = 10;
 const SIGNAL_RATE: u32 = 5;
+/// Sends of one connection that may be on their way to the store at once.
+/// They are dispatched in the order they came, on one store connection, so
+/// they are stored in that order; their answers go out in that order too.
+const SENDS_IN_FLIGHT: usize = 32;
 
 /// What the upgrade request's query asked for.
 pub struct Params {
@@ -80,6 +87,7 @@ async fn read(
         sends: TokenBucket::new(app.config.rate, app.config.burst),
         signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_BURST),
         abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
+        sending: InFlight::default(),
     };
     log::debug!("connection {id} opened for {}", session.identity.user);
 
@@ -121,9 +129,19 @@ async fn read(
                 .await;
                 Next::Timer
             })
+            .or(async {
+                match session.sending.next().await {
+                    Some(sent) => Next::Sent(sent),
+                    None => std::future::pending().await,
+                }
+            })
             .await;
         let frame = match next {
             Next::Stop | Next::Frame(None) => break,
+            Next::Sent(sent) => {
+                open = Box::pin(session.answer(sent)).await.is_ok();
+                continue;
+            }
             Next::Timer if expires_at.is_some_and(|at| at <= std::time::Instant::now()) => {
                 log::info!("connection {id}: token expired; closing with 1008");
                 outbox.close(POLICY, "token expired");
@@ -168,6 +186,8 @@ async fn read(
         };
     }
 
+    // What was read is answered, as far as the connection still takes it.
+    let _ = Box::pin(session.settle()).await;
     for room in session.joined.drain() {
         app.rooms.leave(id, &room);
     }
@@ -197,6 +217,42 @@ enum Next {
     /// The token expired, or nothing was heard from the client for a ping
     /// interval.
     Timer,
+    /// A send in flight was stored, or failed.
+    Sent(Sent),
+}
+
+/// A send on its way to the store, and where it ended.
+type Sending = Pin<Box<dyn Future<Output = Sent> + Send>>;
+
+struct Sent {
+    reference: Option<Ref>,
+    room: Room,
+    result: Result<Stored, Error>,
+}
+
+/// The connection's sends in flight, oldest first. Boxed and made on the
+/// first send: an idle connection carries one pointer.
+#[derive(Default)]
+struct InFlight(Option<Box<FuturesOrdered<Sending>>>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |sends| sends.len())
+    }
+
+    fn push(&mut self, send: Sending) {
+        self.0.get_or_insert_with(Default::default).push_back(send);
+    }
+
+    /// The oldest send once it has ended; `None` when none is in flight.
+    async fn next(&mut self) -> Option<Sent> {
+        let sends = self.0.as_mut()?;
+        let sent = sends.next().await;
+        if sends.is_empty() {
+            self.0 = None;
+        }
+        sent
+    }
 }
 
 struct Session {
@@ -210,12 +266,24 @@ struct Session {
     /// Typing frames, limited apart from messages so neither starves the other.
     signals: TokenBucket,
     abuse: TokenBucket,
+    sending: InFlight,
 }
 
 impl Session {
     /// Handles one text frame. `Err` means the connection is closing.
     async fn handle(&mut self, text: &str) -> Result<(), Closed> {
         let decoded = protocol::decode(text, self.default_room.as_ref(), &self.app.limits);
+        // Anything but a send waits for the sends before it, so that answers
+        // keep the order of requests.
+        if !matches!(
+            decoded,
+            Ok(Decoded {
+                request: Request::Send { .. },
+                ..
+            })
+        ) {
+            self.settle().await?;
+        }
         let Decoded { request, reference } = match decoded {
             Ok(decoded) => decoded,
             Err(Rejected { reference, error }) => {
@@ -226,6 +294,7 @@ impl Session {
         // Leaving is always allowed; everything else needs the token to allow the room.
         if !matches!(request, Request::Leave { .. }) {
             if let Err(error) = self.identity.check(request.room()) {
+                self.settle().await?;
                 return self.refuse(reference, error).await;
             }
         }
@@ -248,7 +317,13 @@ impl Session {
                             self.app.config.rate, self.app.config.burst
                         ),
                     );
+                    self.settle().await?;
                     return self.refuse(reference, error).await;
+                }
+                if self.sending.len() >= SENDS_IN_FLIGHT {
+                    if let Some(sent) = self.sending.next().await {
+                        self.answer(sent).await?;
+                    }
                 }
                 let draft = Draft {
                     room: room.clone(),
@@ -256,14 +331,17 @@ impl Session {
                     text,
                     reference: reference.cloned(),
                 };
-                match self.app.publish(draft).await {
-                    Ok(stored) => {
-                        self.outbox
-                            .push(protocol::ack(reference, &room, stored.id))
-                            .await
+                let app = self.app.clone();
+                let reference = reference.cloned();
+                self.sending.push(Box::pin(async move {
+                    let result = app.publish(draft).await;
+                    Sent {
+                        reference,
+                        room,
+                        result,
                     }
-                    Err(error) => self.refuse(reference, error).await,
-                }
+                }));
+                Ok(())
             }
             Request::History {
                 room,
@@ -350,6 +428,27 @@ impl Session {
     /// Answers a request with an error. A connection that keeps sending bad
     /// requests is closed with 1008; being throttled or finding the store
     /// down is not the client's fault and does not count.
+    /// Answers a send that ended: `ack`, or the error.
+    async fn answer(&mut self, sent: Sent) -> Result<(), Closed> {
+        let reference = sent.reference.as_ref();
+        match sent.result {
+            Ok(stored) => {
+                self.outbox
+                    .push(protocol::ack(reference, &sent.room, stored.id))
+                    .await
+            }
+            Err(error) => self.refuse(reference, error).await,
+        }
+    }
+
+    /// Waits for every send in flight and answers each, oldest first.
+    async fn settle(&mut self) -> Result<(), Closed> {
+        while let Some(sent) = self.sending.next().await {
+            self.answer(sent).await?;
+        }
+        Ok(())
+    }
+
     async fn refuse(&mut self, reference: Option<&Ref>, error: Error) -> Result<(), Closed> {
         self.app.metrics.refused(error.code);
         self.outbox.push(protocol::error(reference, &error)).await?;

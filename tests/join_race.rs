@@ -44,7 +44,7 @@ async fn joins_during_publishing_see_every_message_once_in_order() {
         "--outbox",
         "64",
     ]);
-    let publisher = spawn_publisher(server.ws_url("?user=publisher"), "race", MESSAGES, 50);
+    let publisher = spawn_publisher(server.ws_url("?user=publisher"), "race", MESSAGES, 10);
 
     let mut joiners = Vec::new();
     for n in 0..JOINERS {
@@ -80,7 +80,7 @@ async fn joins_during_publishing_see_every_message_once_in_order() {
 #[async_std::test]
 async fn a_join_without_since_continues_live_from_its_replay() {
     let server = Server::start(&["--rate", "100000", "--burst", "100000", "--outbox", "128"]);
-    let publisher = spawn_publisher(server.ws_url("?user=publisher"), "recent", MESSAGES, 50);
+    let publisher = spawn_publisher(server.ws_url("?user=publisher"), "recent", MESSAGES, 10);
     let mut joiners = Vec::new();
     for n in 0..JOINERS {
         let url = server.ws_url(&format!("?user=j{n}"));

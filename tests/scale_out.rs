@@ -128,7 +128,7 @@ async fn joins_on_one_instance_while_another_publishes_miss_nothing() {
     let a = instance(&redis, &[]);
     let b = instance(&redis, &["--outbox", "128", "--replay-cap", "5000"]);
     const TOTAL: u64 = 1200;
-    let publisher = spawn_publisher(a.ws_url("?user=publisher"), "race", TOTAL, 40);
+    let publisher = spawn_publisher(a.ws_url("?user=publisher"), "race", TOTAL, 10);
     let mut joiners = Vec::new();
     for n in 0..10u64 {
         let url = b.ws_url(&format!("?user=j{n}"));
