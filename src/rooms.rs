@@ -32,6 +32,9 @@ use crate::store::{Delivery, Epoch, FeedEvent, Message, Signal, Slice, Store};
 const MAX_CATCH_UP_READS: usize = 16;
 /// How long a repair waits before reading again after the store failed.
 const REPAIR_BACKOFF: Duration = Duration::from_millis(250);
+/// Pause before reading again when an id announced during a repair's read
+/// was not in it yet.
+const REPAIR_AGAIN: Duration = Duration::from_millis(5);
 /// How many ids one repair read asks for.
 const REPAIR_PAGE: usize = 1000;
 
@@ -523,7 +526,11 @@ impl Rooms {
     /// Reads what the room missed from history and delivers it in order, until
     /// the cursor reaches the store's head and every announced id.
     async fn repair(&self, feed: Arc<RoomFeed>) {
+        let mut read_again = false;
         loop {
+            if std::mem::take(&mut read_again) {
+                async_std::task::sleep(REPAIR_AGAIN).await;
+            }
             let after = {
                 let state = lock(&feed.state);
                 if state.removed {
@@ -575,6 +582,13 @@ impl Rooms {
                 }
             }
             if page.messages.is_empty() {
+                let last = state.cursor.as_ref().map_or(0, |(_, last)| *last);
+                if state.target > last {
+                    // A delivery came while this read was on its way, and was
+                    // left to the repair: it is read again rather than lost.
+                    read_again = true;
+                    continue;
+                }
                 state.repairing = false;
                 state.target = 0;
                 return;
