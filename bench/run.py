@@ -4,17 +4,21 @@
 It starts a redis-server of its own, then for each server under test (parlor,
 Socket.IO with the Pub/Sub adapter, Socket.IO with the Streams adapter) two
 instances over that Redis, runs examples/bench.rs against them scenario by
-scenario, and writes BENCHMARKS.md and bench-latency.svg from the JSON lines
-the bench prints: into docs/ for a full run, into target/bench/ for a quick
-one, so that a development run does not replace the published numbers. Every
+scenario; then it starts Redis Clusters of one and three shards (a replica per
+master) and runs parlor on them, with and without WAIT for the replica,
+counting which master serves each room's shard channel. It writes
+BENCHMARKS.md and bench-latency.svg from the JSON lines the bench prints: into
+docs/ for a full run, into target/bench/ for a quick one (three shards only),
+so that a development run does not replace the published numbers. Every
 process it starts is stopped on the way out, whether the run succeeds, fails
 or is interrupted.
 
     python3 bench/run.py [--quick]
 
-BENCH_REDIS_PORT (6400) and BENCH_PORT (19000, the first of the 12 ports the
-servers take) choose the ports. Logs and the raw results (results.jsonl) go to
-target/bench/. Python 3 standard library only.
+BENCH_REDIS_PORT (6400), BENCH_PORT (19000, the first of the 18 ports the
+servers take) and BENCH_CLUSTER_PORT (6410, the first of the 6 cluster nodes'
+ports, and of their bus ports 10000 above) choose the ports. Logs and the raw
+results (results.jsonl) go to target/bench/. Python 3 standard library only.
 """
 
 import argparse
@@ -27,10 +31,13 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -41,8 +48,8 @@ PARLOR = "./target/release/parlor"
 BENCH = "./target/release/examples/bench"
 SOCKETIO = "bench/socketio"
 
-# The full run takes about 8 minutes on 2 cores; the
-# quick one goes through every step in 1 to 2 minutes. Where other work keeps
+# The full run takes about 10 minutes on 2 cores (the Redis Clusters about 3
+# of them); the quick one goes through every step in 2 to 3 minutes. Where other work keeps
 # the machine busy, runs are retried until `patience_minutes` have passed.
 SIZES = {
     "full": {
@@ -57,7 +64,9 @@ SIZES = {
         "ingest_seconds": 10,
         "ceiling_requests": 500000,
         "replays": 50,
-        "patience_minutes": 12,
+        "cluster_shards": [1, 3],
+        "cluster_rate": 20000,
+        "patience_minutes": 16,
     },
     "quick": {
         "idle": 2000,
@@ -71,7 +80,9 @@ SIZES = {
         "ingest_seconds": 3,
         "ceiling_requests": 100000,
         "replays": 10,
-        "patience_minutes": 3,
+        "cluster_shards": [3],
+        "cluster_rate": 10000,
+        "patience_minutes": 4,
     },
 }
 # The fixed rate at which parlor's CPU and latency targets are stated.
@@ -87,6 +98,17 @@ SERVERS = [
     {"key": "streams", "name": "Socket.IO, Streams adapter", "target": "socketio", "adapter": "streams"},
 ]
 COLORS = {"parlor": "#1b7837", "pubsub": "#c2185b", "streams": "#1f5fa8"}
+# parlor on Redis Clusters started by the run, one replica per master: each
+# configuration runs on the cluster of its number of shards, with
+# --redis-replicas as given (1, the default, WAITs for the replica).
+CLUSTERS = [
+    {"key": "cluster1", "name": "parlor, 1 shard", "column": "1 shard",
+     "target": "parlor", "shards": 1, "replicas": 1},
+    {"key": "cluster3", "name": "parlor, 3 shards", "column": "3 shards",
+     "target": "parlor", "shards": 3, "replicas": 1},
+    {"key": "cluster3-r0", "name": "parlor, 3 shards, --redis-replicas 0", "column": "3 shards, `--redis-replicas 0`",
+     "target": "parlor", "shards": 3, "replicas": 0},
+]
 
 # The shape of parlor's store step (src/publish.lua) for redis-benchmark: read
 # the epoch, look the ref up, take the next id, append to the stream with
@@ -151,7 +173,7 @@ class Run:
         words = [f"{k}={v}" for k, v in (env or {}).items()]
         words += [self.pid_names.get(word, word) for word in map(str, argv)]
         self.commands.append(
-            " ".join(word if re.fullmatch(r"\$[A-Z_]+", word) else shlex.quote(word) for word in words)
+            " ".join(word if re.fullmatch(r"\$[A-Z][A-Z_0-9]*", word) else shlex.quote(word) for word in words)
         )
 
     def start(self, name, argv, env=None):
@@ -209,16 +231,17 @@ class Run:
         wait_until(answers, redis, "redis")
         return redis
 
-    def start_pair(self, server, ports):
-        """Two instances of `server` over the bench's Redis, ready to serve."""
-        redis_url = f"redis://127.0.0.1:{self.redis_port}"
+    def start_pair(self, server, ports, redis_url=None, flags=()):
+        """Two instances of `server` over the bench's Redis (or `redis_url`,
+        with parlor's extra `flags`), ready to serve."""
+        redis_url = redis_url or f"redis://127.0.0.1:{self.redis_port}"
         pair = []
         for label, port in zip("AB", ports):
             name = f"{server['key']}-{label}-{port}"
             if server["target"] == "parlor":
                 process = self.start(name, [
                     PARLOR, "--port", port, "--redis", redis_url,
-                    "--rate", 1000000, "--burst", 1000000, "--max-connections", 30000,
+                    "--rate", 1000000, "--burst", 1000000, "--max-connections", 30000, *flags,
                 ])
                 probe = f"http://127.0.0.1:{port}/readyz"
             else:
@@ -231,7 +254,8 @@ class Run:
         return pair
 
     def bench(self, server, instances, redis, scenario, options, spread=1, timeout=300, tries=2):
-        """Runs examples/bench.rs against `instances` once the machine is
+        """Runs examples/bench.rs against `instances` (with the CPU of
+        `redis`, one redis-server or a list of them, summed) once the machine is
         quiet, and again (up to `tries` in all) while other work on the
         machine disturbs the run; returns the JSON report of the least
         disturbed try, which has an `error` when the run failed."""
@@ -240,7 +264,9 @@ class Run:
             argv += ["--spread", spread]
         for process, port in instances:
             argv += ["--url", f"ws://127.0.0.1:{port}", "--server-pid", process.pid]
-        argv += ["--redis-pid", redis.pid, scenario, *options]
+        for node in redis if isinstance(redis, list) else [redis]:
+            argv += ["--redis-pid", node.pid]
+        argv += [scenario, *options]
         self.note(argv)
         done = []
         while len(done) < tries:
@@ -303,6 +329,90 @@ class Run:
         self.reports.append(report)
         return report
 
+    def start_cluster(self, shards, first_port):
+        """A Redis Cluster of `shards` masters with one replica each, on
+        ports from `first_port`, its nodes children of this run; returns it
+        once every node agrees the cluster is ok and every replica is in sync."""
+        ports = [first_port + i for i in range(2 * shards)]
+        directory = OUT / f"cluster-{shards}"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        nodes = []
+        for port in ports:
+            # redis-server changes into --dir first, so the node's cluster
+            # file lands there.
+            node = self.start(f"cluster-{shards}-{port}", [
+                "redis-server", "--port", port, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", 5000,
+                "--save", "", "--appendonly", "no", "--dir", directory.relative_to(ROOT), "--daemonize", "no",
+            ])
+            self.pid_names[str(node.pid)] = f"$REDIS_{port}_PID"
+            nodes.append(node)
+        for port, node in zip(ports, nodes):
+            wait_until(lambda port=port: cli_answer(port, "ping") == "PONG", node, f"cluster-{shards}-{port}")
+
+        if shards >= 3:
+            argv = ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{port}" for port in ports],
+                    "--cluster-replicas", 1, "--cluster-yes"]
+            self.note(argv)
+            done = subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=120)
+            (OUT / "logs" / f"cluster-{shards}-create.log").write_text(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise BenchError(f"redis-cli --cluster create failed; see target/bench/logs/cluster-{shards}-create.log")
+        else:
+            # `redis-cli --cluster create` wants three masters at least: one
+            # shard is put together by hand.
+            master, replicas = ports[0], ports[1:]
+            for words in [(master, "cluster", "addslotsrange", 0, 16383)] + [
+                (replica, "cluster", "meet", "127.0.0.1", master) for replica in replicas
+            ]:
+                self.note(["redis-cli", "-p", *words])
+                cli(*words)
+            master_id = cli(master, "cluster", "myid")
+            for replica, node in zip(replicas, nodes[1:]):
+                wait_until(lambda replica=replica: master_id in cli_answer(replica, "cluster", "nodes"), node,
+                           f"cluster-{shards}-{replica}")
+                self.commands.append(
+                    f"redis-cli -p {replica} cluster replicate $(redis-cli -p {master} cluster myid)"
+                )
+                cli(replica, "cluster", "replicate", master_id)
+        self.commands.append(
+            "# then wait until every node's CLUSTER INFO says cluster_state:ok and every replica's "
+            "INFO replication says master_link_status:up"
+        )
+
+        def ready():
+            for port in ports:
+                info = cli_answer(port, "cluster", "info")
+                wanted = ["cluster_state:ok", f"cluster_known_nodes:{len(ports)}", f"cluster_size:{shards}"]
+                if not all(line in info.splitlines() for line in wanted):
+                    return False
+                replication = cli_answer(port, "info", "replication").splitlines()
+                if "role:slave" in replication and "master_link_status:up" not in replication:
+                    return False
+            return True
+
+        deadline = time.monotonic() + 60
+        while not ready():
+            for port, node in zip(ports, nodes):
+                if node.poll() is not None:
+                    raise BenchError(f"cluster node {port} exited with code {node.returncode}; "
+                                     f"see target/bench/logs/cluster-{shards}-{port}.log")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the {shards}-shard cluster was not ready after 60 s")
+            time.sleep(0.2)
+        masters, replica_of = cluster_nodes(cli(ports[0], "cluster", "nodes"))
+        urls = ",".join(f"redis://127.0.0.1:{port}" for port in ports)
+        # The commands show the seed URLs as $SEEDS.
+        self.commands.append(f"SEEDS={urls}")
+        self.pid_names[urls] = "$SEEDS"
+        if len(masters) != shards or len(replica_of) != len(ports) - shards:
+            raise BenchError(f"the {shards}-shard cluster has {len(masters)} masters and {len(replica_of)} replicas")
+        return {
+            "shards": shards, "ports": ports, "nodes": nodes, "masters": masters, "replica_of": replica_of,
+            "urls": urls,
+        }
+
 
 def http_ok(url):
     try:
@@ -332,6 +442,168 @@ def busy_ticks():
     fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return user + nice + system + irq + softirq + steal
+
+
+def cli(port, *words):
+    """redis-cli's answer to one command on the node at `port`."""
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *map(str, words)],
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout.strip()
+
+
+def cli_answer(port, *words):
+    """As `cli`, but "" while the node does not answer."""
+    try:
+        return cli(port, *words)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return ""
+
+
+def cluster_nodes(text):
+    """From CLUSTER NODES: the masters' slot ranges by port, and each
+    replica's master, both by port."""
+    port_of, masters, master_id_of = {}, {}, {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        node_id, address, flags, master_id = fields[:4]
+        port = int(address.split("@")[0].rsplit(":", 1)[1])
+        port_of[node_id] = port
+        if "master" in flags.split(","):
+            ranges = []
+            for slots in fields[8:]:
+                if not slots.startswith("["):  # a slot on its way in or out
+                    low, _, high = slots.partition("-")
+                    ranges.append((int(low), int(high or low)))
+            masters[port] = ranges
+        else:
+            master_id_of[port] = master_id
+    return masters, {port: port_of.get(master_id) for port, master_id in master_id_of.items()}
+
+
+def crc16(data):
+    """CRC-16/XMODEM, the hash of Redis Cluster's key slots."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+def key_slot(key):
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return crc16(key.encode()) % 16384
+
+
+class RedisError(Exception):
+    pass
+
+
+class RespLink:
+    """A connection to one Redis node, for a few commands without a client
+    process each."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.reader = self.sock.makefile("rb")
+
+    def call(self, *words):
+        words = [str(word).encode() for word in words]
+        self.sock.sendall(b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words))
+        return self.reply()
+
+    def reply(self):
+        line = self.reader.readline()
+        if not line.endswith(b"\r\n"):
+            raise OSError("connection closed")
+        kind, rest = line[:1], line[1:-2].decode()
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise RedisError(rest)
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            return None if int(rest) < 0 else self.reader.read(int(rest) + 2)[:-2].decode()
+        if kind == b"*":
+            return None if int(rest) < 0 else [self.reply() for _ in range(int(rest))]
+        raise OSError(f"unexpected reply {line!r}")
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+class ShardWatch(threading.Thread):
+    """Asks every node of a cluster, twice a second while a run goes on,
+    which shard channels of parlor it serves (`PUBSUB SHARDCHANNELS`) and
+    how many subscribers each has (`PUBSUB SHARDNUMSUB`); keeps the moment
+    with the most channels, when every room of the run had its members."""
+
+    def __init__(self, cluster):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.done = threading.Event()
+        self.best, self.best_total, self.polls, self.error = None, -1, 0, None
+
+    def run(self):
+        links = {}
+        try:
+            links = {port: RespLink(port) for port in self.cluster["ports"]}
+            while not self.done.is_set():
+                channels = {port: link.call("PUBSUB", "SHARDCHANNELS", "parlor:*") for port, link in links.items()}
+                self.polls += 1
+                total = sum(map(len, channels.values()))
+                if total > self.best_total:
+                    best = {}
+                    for port, names in channels.items():
+                        counts = links[port].call("PUBSUB", "SHARDNUMSUB", *names) if names else []
+                        best[port] = dict(zip(counts[::2], counts[1::2]))
+                    self.best, self.best_total = best, total
+                self.done.wait(0.5)
+        except (OSError, RedisError, ValueError) as e:
+            self.error = str(e) or type(e).__name__
+        finally:
+            for link in links.values():
+                link.close()
+
+    def stop(self):
+        self.done.set()
+        self.join(15)
+
+    def summary(self):
+        """Channels per node, and whether each is on one master only, the
+        one that owns its slot."""
+        if not self.best:
+            return {"error": self.error or "no poll answered"}
+        masters, nodes_of = self.cluster["masters"], {}
+        nodes = []
+        for port in self.cluster["ports"]:
+            channels = self.best.get(port, {})
+            for channel in channels:
+                nodes_of.setdefault(channel, []).append(port)
+            node = {"port": port, "role": "master" if port in masters else "replica", "channels": len(channels),
+                    "subscribers": sorted(set(channels.values()))}
+            if port in masters:
+                node["slots"] = sum(high - low + 1 for low, high in masters[port])
+            nodes.append(node)
+        misplaced = sum(
+            1 for channel, ports in nodes_of.items() for port in ports
+            if not any(low <= key_slot(channel) <= high for low, high in masters.get(port, []))
+        )
+        return {
+            "scenario": "shard-channels", "polls": self.polls, "channels": len(nodes_of),
+            "on_several_nodes": sum(1 for ports in nodes_of.values() if len(ports) > 1),
+            "not_on_slot_owner": misplaced, "nodes": nodes,
+            **({"error": self.error} if self.error else {}),
+        }
 
 
 def run_server(run, server, sizes, ports, redis):
@@ -373,6 +645,80 @@ def run_server(run, server, sizes, ports, redis):
         results["replay"] = run.bench(
             server, pair, redis, "replay", ["--missed", MISSED, "--repeats", sizes["replays"]]
         )
+    for process, _ in pair:
+        run.stop(process)
+    return results
+
+
+def run_clusters(run, sizes, base_port, cluster_port):
+    """parlor on Redis Clusters of each shape in sizes["cluster_shards"]:
+    per configuration of that shape (CLUSTERS), a fresh pair of instances
+    for fanout at a fixed rate (while the shard channels are counted), at
+    maximum rate, and ingest. Every node and instance is stopped after its
+    shape, also when something fails."""
+    results = {}
+    for shards in sizes["cluster_shards"]:
+        print(f"== parlor on a Redis Cluster of {shards} shard(s)", file=sys.stderr, flush=True)
+        before = set(run.processes)
+        try:
+            cluster = run.start_cluster(shards, cluster_port)
+            for index, config in enumerate(CLUSTERS):
+                if config["shards"] != shards:
+                    continue
+                ports = [base_port + 12 + 2 * index + i for i in range(2)]
+                try:
+                    results[config["key"]] = run_cluster_config(run, config, sizes, cluster, ports)
+                except BenchError as e:
+                    run.failures.append(f"{config['name']}: {e}")
+                    print(f"bench: {config['name']}: {e}", file=sys.stderr)
+                    for process in run.processes[:]:
+                        if process not in before and process not in cluster["nodes"]:
+                            run.stop(process)
+        except BenchError as e:
+            run.failures.append(f"parlor on {shards} shard(s): {e}")
+            print(f"bench: parlor on {shards} shard(s): {e}", file=sys.stderr)
+        finally:
+            for process in reversed(run.processes[:]):
+                if process not in before:
+                    run.stop(process)
+    return results
+
+
+def run_cluster_config(run, config, sizes, cluster, ports):
+    results = {"nodes": len(cluster["ports"])}
+    for port in cluster["masters"]:
+        cli(port, "flushall")
+    pair = run.start_pair(config, ports, cluster["urls"], ["--redis-replicas", config["replicas"]])
+    nodes = cluster["nodes"]
+
+    def fanout(seconds, rate, tries=2):
+        options = [
+            "--rooms", sizes["rooms"], "--subscribers", sizes["subscribers"],
+            "--publishers", sizes["publishers"], "--seconds", seconds, "--rate", rate, "--window", WINDOW,
+        ]
+        return run.bench(config, pair, nodes, "fanout", options, timeout=seconds + 300, tries=tries)
+
+    fanout(sizes["warmup_seconds"], 10000, tries=1)["warmup"] = True
+    watch = ShardWatch(cluster)
+    watch.start()
+    try:
+        results["rate"] = fanout(sizes["rate_seconds"], sizes["cluster_rate"])
+    finally:
+        watch.stop()
+    results["shard_channels"] = {**watch.summary(), "server": config["key"]}
+    run.reports.append(results["shard_channels"])
+    sharded = results["shard_channels"]
+    if "error" in sharded:
+        run.failures.append(f"{config['name']}: shard channels not counted: {sharded['error']}")
+    elif sharded["on_several_nodes"] or sharded["not_on_slot_owner"]:
+        run.failures.append(f"{config['name']}: live channels not on their slot's master alone "
+                            f"({sharded['on_several_nodes']} on several nodes, "
+                            f"{sharded['not_on_slot_owner']} elsewhere)")
+    results["saturation"] = fanout(sizes["saturation_seconds"], 0)
+    results["ingest"] = run.bench(
+        config, pair[:1], nodes, "ingest",
+        ["--seconds", sizes["ingest_seconds"], "--publishers", 8, "--rooms", 100, "--window", WINDOW],
+    )
     for process, _ in pair:
         run.stop(process)
     return results
@@ -568,13 +914,186 @@ def targets_table(results):
     return "\n".join(lines)
 
 
+def per_1k_messages(report, field):
+    """Milliseconds of CPU per 1,000 messages stored (ingest)."""
+    if not good(report) or not report.get("messages"):
+        return None
+    return report[field] * 1e6 / report["messages"]
+
+
+def cluster_columns(results, clusters, sizes):
+    """The columns of the cluster table: parlor's runs on the standalone
+    Redis, then each cluster configuration that ran."""
+    parlor = results.get("parlor", {"rates": {}})
+    columns = [("standalone Redis", {
+        "nodes": 1, "shards": 0, "replicas": None, "ingest": parlor.get("ingest"),
+        "rate": parlor["rates"].get(sizes["cluster_rate"]), "saturation": parlor.get("saturation"),
+    })]
+    for config in CLUSTERS:
+        if config["shards"] in sizes["cluster_shards"]:
+            mine = clusters.get(config["key"], {})
+            columns.append((config["column"], {
+                **mine, "nodes": 2 * config["shards"], "shards": config["shards"], "replicas": config["replicas"],
+            }))
+    return columns
+
+
+def channels_per_master(report):
+    if not good(report):
+        return None
+    return " / ".join(f"{node['channels']:,}" for node in report["nodes"] if node["role"] == "master")
+
+
+def cluster_table(results, clusters, sizes):
+    rate = sizes["cluster_rate"]
+
+    def nodes(c):
+        if not c["shards"]:
+            return "1"
+        masters = f"{c['shards']} master" + ("s" if c["shards"] > 1 else "")
+        return f"{c['nodes']} ({masters}, {c['nodes'] - c['shards']} replica{'s' if c['shards'] > 1 else ''})"
+
+    def fanout(title, key):
+        return [
+            (f"{title}: deliveries/s", lambda c: field(c.get(key), "delivery_rate"), 0),
+            (f"{title}: latency p50 (ms)", lambda c: latency(c.get(key), "p50"), 2),
+            (f"{title}: latency p99 (ms)", lambda c: latency(c.get(key), "p99"), 2),
+            (f"{title}: latency p99.9 (ms)", lambda c: latency(c.get(key), "p999"), 2),
+            (f"{title}: parlor CPU ms per 1,000 deliveries", lambda c: per_1k(c.get(key), "server_cpu_s"), 2),
+            (f"{title}: Redis CPU ms per 1,000 deliveries (all nodes)",
+             lambda c: per_1k(c.get(key), "redis_cpu_s"), 2),
+            (f"{title}: nothing lost, duplicated or reordered", lambda c: correct(c.get(key)), 0),
+        ]
+
+    rows = [
+        ("Redis nodes", nodes, 0),
+        ("Acks wait for a replica (`WAIT`)",
+         lambda c: "no (none)" if c["replicas"] is None else ("yes" if c["replicas"] else "no"), 0),
+        ("Ingest through one instance: messages/s stored", lambda c: field(c.get("ingest"), "rate"), 0),
+        ("Ingest: parlor CPU ms per 1,000 messages", lambda c: per_1k_messages(c.get("ingest"), "server_cpu_s"), 2),
+        ("Ingest: Redis CPU ms per 1,000 messages (all nodes)",
+         lambda c: per_1k_messages(c.get("ingest"), "redis_cpu_s"), 2),
+    ]
+    rows += fanout(f"Fanout at {rate:,}/s", "rate")
+    rows += fanout("Fanout, maximum rate", "saturation")
+    rows.append((f"Fanout at {rate:,}/s: shard channels on each master",
+                 lambda c: channels_per_master(c.get("shard_channels")) if c["shards"] else "n/a", 0))
+    columns = cluster_columns(results, clusters, sizes)
+    lines = [
+        f"| | {' | '.join(name for name, _ in columns)} |",
+        f"| --- |{' ---: |' * len(columns)}",
+    ]
+    for label, pick, digits in rows:
+        lines.append(f"| {label} | {' | '.join(number(pick(c), digits) for _, c in columns)} |")
+    return "\n".join(lines)
+
+
+def shard_paragraph(clusters, sizes):
+    """What the shard channel counts show, from the counts themselves."""
+    sentences = []
+    for config in CLUSTERS:
+        report = clusters.get(config["key"], {}).get("shard_channels")
+        if config["shards"] not in sizes["cluster_shards"]:
+            continue
+        if not good(report):
+            sentences.append(f"{config['name']}: not counted ({(report or {}).get('error', 'no run')}).")
+            continue
+        masters = [n for n in report["nodes"] if n["role"] == "master"]
+        replicas = [n for n in report["nodes"] if n["role"] == "replica"]
+        counts = ", ".join(
+            f"{n['channels']:,} on the master on port {n['port']} ({n['slots']:,} slots)" for n in masters
+        )
+        subscribers = sorted({count for n in masters for count in n["subscribers"]})
+        on_replicas = sum(n["channels"] for n in replicas)
+        sentences.append(
+            f"{config['column'].capitalize()}: {report['channels']:,} channels: {counts}; "
+            f"{on_replicas:,} on the replicas; {report['on_several_nodes']:,} on more than one node; "
+            f"{report['not_on_slot_owner']:,} on a node other than the master of its slot; subscribers per "
+            f"channel: {' or '.join(map(str, subscribers)) or 'none'}."
+        )
+    return sentences
+
+
+def wait_paragraph(clusters, sizes):
+    """What WAIT costs on three shards, in the run's own numbers."""
+    with_wait, without = clusters.get("cluster3", {}), clusters.get("cluster3-r0", {})
+    ingest = field(with_wait.get("ingest"), "rate"), field(without.get("ingest"), "rate")
+    rate = sizes["cluster_rate"]
+    p50 = latency(with_wait.get("rate"), "p50"), latency(without.get("rate"), "p50")
+    p99 = latency(with_wait.get("rate"), "p99"), latency(without.get("rate"), "p99")
+    top = field(with_wait.get("saturation"), "delivery_rate"), field(without.get("saturation"), "delivery_rate")
+    cpu = per_1k_messages(with_wait.get("ingest"), "redis_cpu_s"), per_1k_messages(without.get("ingest"), "redis_cpu_s")
+    parts = []
+    if None not in ingest:
+        parts.append(f"ingest through one instance stores {ingest[0]:,.0f} messages/s with it against "
+                     f"{ingest[1]:,.0f} without ({ingest[0] / ingest[1]:.2f}×)")
+    if None not in cpu:
+        parts.append(f"Redis CPU per 1,000 messages stored is {cpu[0]:.2f} ms against {cpu[1]:.2f}")
+    if None not in p50 and None not in p99:
+        parts.append(f"at {rate:,} deliveries/s, latency p50 is {p50[0]:.2f} ms against {p50[1]:.2f} "
+                     f"and p99 {p99[0]:.2f} ms against {p99[1]:.2f}")
+    if None not in top:
+        parts.append(f"fanout at maximum rate delivers {top[0]:,.0f}/s against {top[1]:,.0f}/s")
+    if not parts:
+        return ""
+    return paragraph(f"""
+        **What `WAIT` costs**, on three shards (the `--redis-replicas 1` column against the
+        `--redis-replicas 0` one): {'; '.join(parts)}.""")
+
+
+def cluster_section(results, clusters, sizes):
+    shapes = sizes["cluster_shards"]
+    if not shapes:
+        return ""
+    described = {
+        1: "one shard (a master and its replica: the cluster is made by hand, with `CLUSTER ADDSLOTSRANGE`, "
+           "`CLUSTER MEET` and `CLUSTER REPLICATE`, since `redis-cli --cluster create` wants three masters "
+           "at least)",
+        3: "three shards (three masters with a replica each, made with `redis-cli --cluster create … "
+           "--cluster-replicas 1`)",
+    }
+    cores = os.cpu_count()
+    setup = paragraph(f"""
+        Here parlor runs alone, on Redis Clusters the run starts itself:
+        {' and '.join(described[s] for s in shapes)}.
+        Every node is a redis-server on 127.0.0.1 with `--cluster-node-timeout 5000` and, like the
+        standalone Redis, no persistence; the runs start once every node reports `cluster_state:ok`
+        and every replica `master_link_status:up`. Two parlor instances get every node's URL as
+        seeds (`--redis redis://127.0.0.1:P1,redis://127.0.0.1:P2,…`) and the other flags of the
+        runs above. By default (`--redis-replicas 1`) each message is stored, `WAIT`ed for on the
+        replica of its room's master, and only then published and acked; the last column runs the
+        three shards with `--redis-replicas 0`, which acks what the master stored. Sizes as above:
+        ingest through one instance (8 publishers, 100 rooms, {WINDOW} sends in flight each),
+        fanout over {sizes['rooms']} rooms × {sizes['subscribers']} subscribers with
+        {sizes['publishers']} publishers, at {sizes['cluster_rate']:,} deliveries/s for
+        {sizes['rate_seconds']} s and at maximum rate for {sizes['saturation_seconds']} s. The
+        standalone column repeats parlor's runs above; Redis CPU is summed over every node of the
+        cluster, replicas included.""")
+    honest = paragraph(f"""
+        All the nodes, both instances and the load generator share the machine's {cores} cores, so
+        three shards cannot show more throughput than one here: each shard also runs a replica that
+        applies every write, and more nodes only divide the same cores further. What the run can
+        show is that live traffic stays on the shard of its room, and what waiting for a replica
+        costs.""")
+    counted = paragraph(f"""
+        **Live traffic by shard.** While the fanout at {sizes['cluster_rate']:,}/s runs, the driver
+        asks every node twice a second for `PUBSUB SHARDCHANNELS parlor:*` (the rooms' live
+        channels, `parlor:{{room}}:live`) and `PUBSUB SHARDNUMSUB` of each, and keeps the count
+        with the most channels, when all {sizes['rooms']} rooms have their members:""")
+    shards = "\n".join("- " + paragraph(s).replace("\n", "\n  ") for s in shard_paragraph(clusters, sizes))
+    wait = wait_paragraph(clusters, sizes)
+    return "\n\n".join(part for part in [
+        "## On a Redis Cluster", setup, cluster_table(results, clusters, sizes), honest, counted, shards, wait,
+    ] if part) + "\n"
+
+
 def runs_table(reports):
     lines = [
         "| server | scenario | offered | messages | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms "
         "| server CPU s | Redis CPU s | others' CPU s | correct |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    names = {server["key"]: server["name"] for server in SERVERS}
+    names = {server["key"]: server["name"] for server in SERVERS + CLUSTERS}
     for report in reports:
         if report.get("scenario") != "fanout" and "error" not in report:
             continue
@@ -707,7 +1226,7 @@ def paragraph(text):
     return textwrap.fill(" ".join(text.split()), 78)
 
 
-def document(run, results, sizes, mode, about, minutes):
+def document(run, results, clusters, sizes, mode, about, minutes):
     when = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     rates = ", ".join(f"{rate:,}" for rate in sizes["rates"])
     intro = paragraph(f"""
@@ -721,7 +1240,8 @@ def document(run, results, sizes, mode, about, minutes):
         Compared: parlor, and Socket.IO {about['socket.io']} with `@socket.io/redis-adapter` (Redis Pub/Sub,
         the usual setup) and with `@socket.io/redis-streams-adapter` plus connection state recovery
         (Socket.IO's closest equivalent to parlor's stored, replayable rooms). Each server runs as two
-        instances over one Redis; Socket.IO's clients use the WebSocket transport only.""")
+        instances over one Redis; Socket.IO's clients use the WebSocket transport only. A last
+        section runs parlor on Redis Clusters.""")
     machine_lines = "\n".join(f"- {name}: {value}" for name, value in about.items())
     shared = paragraph("""
         Servers, Redis and the load generator share these cores; at maximum rate the load generator
@@ -783,7 +1303,7 @@ def document(run, results, sizes, mode, about, minutes):
     commands_intro = paragraph("""
         Run from the repository root, in this order, after raising `ulimit -n` to the hard limit;
         `$A_PID`, `$B_PID` and `$REDIS_PID` stand for the process ids of the two instances started
-        last and of redis-server.""")
+        last and of redis-server, `$REDIS_<port>_PID` for that of the cluster node on that port.""")
     commands = "\n".join(run.commands)
     return f"""# Benchmarks
 
@@ -811,6 +1331,7 @@ def document(run, results, sizes, mode, about, minutes):
 
 ![p50 and p99 latency against delivered rate](bench-latency.svg)
 
+{cluster_section(results, clusters, sizes)}
 ## Every fanout run
 
 {runs_table(run.reports)}
@@ -835,11 +1356,12 @@ def document(run, results, sizes, mode, about, minutes):
 
 def main():
     parser = argparse.ArgumentParser(description="Run parlor's benchmark and write BENCHMARKS.md.")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for development (1 to 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for development (2 to 3 minutes)")
     mode = "quick" if parser.parse_args().quick else "full"
     sizes = SIZES[mode]
     redis_port = int(os.environ.get("BENCH_REDIS_PORT", "6400"))
     base_port = int(os.environ.get("BENCH_PORT", "19000"))
+    cluster_port = int(os.environ.get("BENCH_CLUSTER_PORT", "6410"))
     for needed in (PARLOR, BENCH, f"{SOCKETIO}/node_modules"):
         if not (ROOT / needed).exists():
             sys.exit(f"{needed} is missing: run `make bench`, which builds and installs it")
@@ -854,7 +1376,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     run = Run(redis_port, sizes["patience_minutes"] * 60)
-    results = {}
+    results, clusters = {}, {}
     try:
         redis = run.start_redis()
         for index, server in enumerate(SERVERS):
@@ -867,20 +1389,28 @@ def main():
                 for process in run.processes[:]:
                     if process is not redis:
                         run.stop(process)
+        run.stop(redis)
+        clusters = run_clusters(run, sizes, base_port, cluster_port)
     finally:
         run.stop_all()
 
     minutes = (time.monotonic() - started) / 60
     (OUT / "results.jsonl").write_text("".join(json.dumps(report) + "\n" for report in run.reports))
     docs = ROOT / "docs" if mode == "full" else OUT
-    (docs / "BENCHMARKS.md").write_text(document(run, results, sizes, mode, machine(), minutes))
+    (docs / "BENCHMARKS.md").write_text(document(run, results, clusters, sizes, mode, machine(), minutes))
     chart(results, docs / "bench-latency.svg")
     print(f"wrote {(docs / 'BENCHMARKS.md').relative_to(ROOT)} and bench-latency.svg in {minutes:.1f} minutes",
           file=sys.stderr)
     print(results_table(results, sizes))
     print()
     print(targets_table(results))
-    parlor_faults = [r for r in run.reports if r.get("server") == "parlor" and r.get("ok") is False]
+    if sizes["cluster_shards"]:
+        print()
+        print(cluster_table(results, clusters, sizes))
+        for sentence in shard_paragraph(clusters, sizes):
+            print(f"- {sentence}")
+    parlor_keys = {"parlor"} | {config["key"] for config in CLUSTERS}
+    parlor_faults = [r for r in run.reports if r.get("server") in parlor_keys and r.get("ok") is False]
     if run.failures or parlor_faults:
         for failure in run.failures:
             print(f"FAILED: {failure}", file=sys.stderr)

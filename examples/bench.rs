@@ -63,9 +63,10 @@ struct Args {
     /// (repeat for each instance)
     #[argh(option)]
     server_pid: Vec<u32>,
-    /// process id of redis-server, for its CPU time
+    /// process id of redis-server, for its CPU time (repeat for each node
+    /// of a Redis Cluster: their sum is reported)
     #[argh(option)]
-    redis_pid: Option<u32>,
+    redis_pid: Vec<u32>,
     /// prefix of room names, so that runs do not see each other's rooms
     #[argh(option, default = "format!(\"bench{}\", std::process::id())")]
     prefix: String,
@@ -248,7 +249,7 @@ struct Env {
     instances: Vec<(String, u16)>,
     spread: u8,
     server_pids: Vec<u32>,
-    redis_pid: Option<u32>,
+    redis_pids: Vec<u32>,
     prefix: String,
 }
 
@@ -278,7 +279,7 @@ impl Env {
             instances,
             spread: args.spread.max(1),
             server_pids: args.server_pid.clone(),
-            redis_pid: args.redis_pid,
+            redis_pids: args.redis_pid.clone(),
             prefix: args.prefix.clone(),
         })
     }
@@ -301,14 +302,16 @@ impl Env {
         format!("{}-{kind}-{i}", self.prefix)
     }
 
-    /// CPU seconds (user and system) used so far by the servers and by Redis.
+    /// CPU seconds (user and system) used so far by the servers and by Redis
+    /// (every node given).
     fn cpu(&self) -> Result<(f64, f64)> {
-        let servers = self
-            .server_pids
-            .iter()
-            .map(|&pid| cpu_seconds(pid))
-            .sum::<Result<f64>>()?;
-        let redis = self.redis_pid.map(cpu_seconds).transpose()?.unwrap_or(0.0);
+        let sum = |pids: &[u32]| {
+            pids.iter()
+                .map(|&pid| cpu_seconds(pid))
+                .sum::<Result<f64>>()
+        };
+        let servers = sum(&self.server_pids)?;
+        let redis = sum(&self.redis_pids)?;
         Ok((servers, redis))
     }
 
