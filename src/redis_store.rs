@@ -196,7 +196,13 @@ impl RedisStore {
         let info: String = conn
             .on_slot(redis::cmd("INFO").arg("server"), 0)
             .await
-            .map_err(|e| format!("Redis at {shown} does not answer INFO: {e}"))?;
+            .map_err(|e| {
+                if cluster {
+                    format!("the Redis Cluster at {shown} does not answer: {e}; does it serve every slot? (redis-cli cluster info: cluster_state:ok)")
+                } else {
+                    format!("Redis at {shown} does not answer INFO: {e}")
+                }
+            })?;
         let version = info
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))
