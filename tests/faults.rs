@@ -302,16 +302,7 @@ async fn sigterm_answers_what_it_read_closes_with_1001_and_exits_0() {
 #[async_std::test]
 async fn a_message_is_shown_and_acked_only_once_a_replica_holds_it() {
     let master = Redis::start();
-    let port = master.port.to_string();
-    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !master
-        .cli(&["INFO", "replication"])
-        .contains("state=online")
-    {
-        assert!(Instant::now() < deadline, "the replica did not come online");
-        async_std::task::sleep(Duration::from_millis(50)).await;
-    }
+    let replica = master.replica();
     let a = instance(&master, &[]);
     let mut members = live_members(&[&a], "w").await;
     let (mut sender, _) = Client::welcomed(&a.ws_url("?user=sender")).await;
@@ -360,16 +351,7 @@ async fn with_a_replica_every_member_gets_every_message_the_last_ones_too() {
     // last messages of a room undelivered (seen under `make bench`'s load;
     // this test is the same shape, smaller).
     let master = Redis::start();
-    let port = master.port.to_string();
-    let _replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !master
-        .cli(&["INFO", "replication"])
-        .contains("state=online")
-    {
-        assert!(Instant::now() < deadline, "the replica did not come online");
-        async_std::task::sleep(Duration::from_millis(50)).await;
-    }
+    let _replica = master.replica();
     let fast = ["--rate", "100000", "--burst", "100000"];
     let a = instance(&master, &fast);
     let b = instance(&master, &fast);

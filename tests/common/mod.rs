@@ -525,6 +525,19 @@ impl Redis {
             .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
     }
 
+    /// Starts a replica of this server and waits until the master counts it
+    /// online.
+    pub fn replica(&self) -> Redis {
+        let port = self.port.to_string();
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.cli(&["INFO", "replication"]).contains("state=online") {
+            assert!(Instant::now() < deadline, "the replica did not come online");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
     /// Sends a signal by name (STOP, CONT, …) to the server.
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("redis-server runs").id();
