@@ -106,8 +106,12 @@ async fn users_of_a_killed_instance_leave_when_their_entries_expire() {
     let redis = Redis::start();
     let mut a = on_redis(&redis, &["--presence-ttl-ms", "3000"]);
     let b = on_redis(&redis, &["--presence-ttl-ms", "3000"]);
-    let _alice = joined(&a, "alice", "p").await;
+    let mut alice = joined(&a, "alice", "p").await;
     let mut bob = joined(&b, "bob", "p").await;
+    // Arrivals are recorded by a task of each instance: once each user has
+    // heard its own, both are in.
+    until_member(&mut alice, "alice", "join").await;
+    until_member(&mut bob, "bob", "join").await;
     assert_eq!(presence(&mut bob, "p").await, json!(["alice", "bob"]));
     a.signal("KILL");
     a.wait_exit(Duration::from_secs(10));
@@ -126,8 +130,12 @@ async fn users_of_a_draining_instance_leave_at_once() {
     // must come from the drain, not from expiry.
     let mut a = on_redis(&redis, &[]);
     let b = on_redis(&redis, &[]);
-    let _alice = joined(&a, "alice", "p").await;
+    let mut alice = joined(&a, "alice", "p").await;
     let mut bob = joined(&b, "bob", "p").await;
+    // Arrivals are recorded by a task of each instance: once each user has
+    // heard its own, both are in.
+    until_member(&mut alice, "alice", "join").await;
+    until_member(&mut bob, "bob", "join").await;
     assert_eq!(presence(&mut bob, "p").await, json!(["alice", "bob"]));
     a.signal("TERM");
     until_member(&mut bob, "alice", "leave").await;
