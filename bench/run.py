@@ -305,6 +305,25 @@ class Run:
         report["disturbed"] = report["other_cpu_s"] > 0.1 * report["wall_s"]
         return report
 
+    def failed(self, what, error, keep=None):
+        """Records a failed step; with `keep`, stops every process of the run
+        but those, so that the next step starts clean."""
+        self.failures.append(f"{what}: {error}")
+        print(f"bench: {what}: {error}", file=sys.stderr)
+        if keep is not None:
+            for process in self.processes[:]:
+                if process not in keep:
+                    self.stop(process)
+
+    def fanout(self, server, pair, redis, sizes, seconds, rate, tries):
+        """A fanout run at the sizes of this run: `rate` deliveries/s (0 for
+        maximum) for `seconds`."""
+        options = [
+            "--rooms", sizes["rooms"], "--subscribers", sizes["subscribers"],
+            "--publishers", sizes["publishers"], "--seconds", seconds, "--rate", rate, "--window", WINDOW,
+        ]
+        return self.bench(server, pair, redis, "fanout", options, timeout=seconds + 300, tries=tries)
+
     def ceiling(self, requests):
         """redis-benchmark's rate for parlor's script shape on the same Redis."""
         self.settle()
@@ -625,11 +644,7 @@ def run_server(run, server, sizes, ports, redis):
     pair = run.start_pair(server, ports[2:])
 
     def fanout(seconds, rate, tries=2):
-        options = [
-            "--rooms", sizes["rooms"], "--subscribers", sizes["subscribers"],
-            "--publishers", sizes["publishers"], "--seconds", seconds, "--rate", rate, "--window", WINDOW,
-        ]
-        return run.bench(server, pair, redis, "fanout", options, timeout=seconds + 300, tries=tries)
+        return run.fanout(server, pair, redis, sizes, seconds, rate, tries)
 
     # A first run lets Node's JIT and every allocator warm up; it is not reported.
     fanout(sizes["warmup_seconds"], 10000, tries=1)["warmup"] = True
@@ -669,14 +684,9 @@ def run_clusters(run, sizes, base_port, cluster_port):
                 try:
                     results[config["key"]] = run_cluster_config(run, config, sizes, cluster, ports)
                 except BenchError as e:
-                    run.failures.append(f"{config['name']}: {e}")
-                    print(f"bench: {config['name']}: {e}", file=sys.stderr)
-                    for process in run.processes[:]:
-                        if process not in before and process not in cluster["nodes"]:
-                            run.stop(process)
+                    run.failed(config["name"], e, keep=before | set(cluster["nodes"]))
         except BenchError as e:
-            run.failures.append(f"parlor on {shards} shard(s): {e}")
-            print(f"bench: parlor on {shards} shard(s): {e}", file=sys.stderr)
+            run.failed(f"parlor on {shards} shard(s)", e)
         finally:
             for process in reversed(run.processes[:]):
                 if process not in before:
@@ -692,11 +702,7 @@ def run_cluster_config(run, config, sizes, cluster, ports):
     nodes = cluster["nodes"]
 
     def fanout(seconds, rate, tries=2):
-        options = [
-            "--rooms", sizes["rooms"], "--subscribers", sizes["subscribers"],
-            "--publishers", sizes["publishers"], "--seconds", seconds, "--rate", rate, "--window", WINDOW,
-        ]
-        return run.bench(config, pair, nodes, "fanout", options, timeout=seconds + 300, tries=tries)
+        return run.fanout(config, pair, nodes, sizes, seconds, rate, tries)
 
     fanout(sizes["warmup_seconds"], 10000, tries=1)["warmup"] = True
     watch = ShardWatch(cluster)
@@ -1384,11 +1390,7 @@ def main():
             try:
                 results[server["key"]] = run_server(run, server, sizes, ports, redis)
             except BenchError as e:
-                run.failures.append(f"{server['name']}: {e}")
-                print(f"bench: {server['name']}: {e}", file=sys.stderr)
-                for process in run.processes[:]:
-                    if process is not redis:
-                        run.stop(process)
+                run.failed(server["name"], e, keep={redis})
         run.stop(redis)
         clusters = run_clusters(run, sizes, base_port, cluster_port)
     finally:

@@ -665,30 +665,17 @@ async fn run_fanout(env: Arc<Env>, fanout: Fanout) -> Result<Value> {
     let (cpu_before, redis_before) = env.cpu()?;
     let start = Instant::now();
     let start_us = micros();
-    let tasks: Vec<_> = publishers
-        .into_iter()
-        .enumerate()
-        .map(|(p, conn)| {
-            let plan = Plan {
-                rooms: rooms.clone(),
-                start: start
-                    + interval.map_or(Duration::ZERO, |i| {
-                        i.mul_f64(p as f64 / fanout.publishers as f64)
-                    }),
-                end: start + Duration::from_secs_f64(fanout.seconds),
-                interval,
-                window: fanout.window,
-                messages: u64::MAX,
-                pad: fanout.pad,
-            };
-            task::spawn(publish(conn, p, plan))
-        })
-        .collect();
     // sent[p][r]: messages publisher p had acked in room r.
-    let mut sent = Vec::new();
-    for publisher in tasks {
-        sent.push(publisher.await?);
-    }
+    let sent = publish_all(
+        publishers,
+        &rooms,
+        start,
+        fanout.seconds,
+        interval,
+        fanout.window,
+        fanout.pad,
+    )
+    .await?;
     let publish_seconds = start.elapsed().as_secs_f64();
     let room_total = |r: usize| sent.iter().map(|s| s[r]).sum::<u64>();
     let messages: u64 = (0..fanout.rooms).map(room_total).sum();
@@ -794,26 +781,17 @@ async fn run_ingest(env: Arc<Env>, ingest: Ingest) -> Result<Value> {
     }
     let (cpu_before, redis_before) = env.cpu()?;
     let start = Instant::now();
-    let tasks: Vec<_> = publishers
-        .into_iter()
-        .enumerate()
-        .map(|(p, conn)| {
-            let plan = Plan {
-                rooms: rooms.clone(),
-                start,
-                end: start + Duration::from_secs_f64(ingest.seconds),
-                interval: None,
-                window: ingest.window,
-                messages: u64::MAX,
-                pad: ingest.pad,
-            };
-            task::spawn(publish(conn, p, plan))
-        })
-        .collect();
-    let mut messages = 0;
-    for publisher in tasks {
-        messages += publisher.await?.iter().sum::<u64>();
-    }
+    let sent = publish_all(
+        publishers,
+        &rooms,
+        start,
+        ingest.seconds,
+        None,
+        ingest.window,
+        ingest.pad,
+    )
+    .await?;
+    let messages: u64 = sent.iter().flatten().sum();
     let seconds = start.elapsed().as_secs_f64();
     let (cpu_after, redis_after) = env.cpu()?;
     let rate = messages as f64 / seconds;
@@ -917,6 +895,43 @@ struct Plan {
     /// Most messages to send.
     messages: u64,
     pad: usize,
+}
+
+/// Runs `publish` on every connection from `start` for `seconds`; paced
+/// publishers are staggered over one interval. Returns, per publisher, how
+/// many it sent to each room, all of them acked.
+async fn publish_all(
+    publishers: Vec<Conn>,
+    rooms: &Arc<Vec<String>>,
+    start: Instant,
+    seconds: f64,
+    interval: Option<Duration>,
+    window: u64,
+    pad: usize,
+) -> Result<Vec<Vec<u64>>> {
+    let count = publishers.len();
+    let tasks: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(p, conn)| {
+            let plan = Plan {
+                rooms: rooms.clone(),
+                start: start
+                    + interval.map_or(Duration::ZERO, |i| i.mul_f64(p as f64 / count as f64)),
+                end: start + Duration::from_secs_f64(seconds),
+                interval,
+                window,
+                messages: u64::MAX,
+                pad,
+            };
+            task::spawn(publish(conn, p, plan))
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for publisher in tasks {
+        sent.push(publisher.await?);
+    }
+    Ok(sent)
 }
 
 /// Sends message after message to the rooms in turn (publisher `p` starts at

@@ -2,7 +2,7 @@
 //! operations that WebSocket and HTTP have in common.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,6 @@ impl App {
 /// them to finish.
 #[derive(Default)]
 pub struct Connections {
-    open: AtomicUsize,
     next_id: AtomicU64,
     outboxes: Mutex<Outboxes>,
     /// Notified whenever a connection goes away.
@@ -116,7 +115,6 @@ struct Outboxes {
 
 impl Connections {
     pub fn add(&self, outbox: &Outbox) -> ConnId {
-        self.open.fetch_add(1, Ordering::AcqRel);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut outboxes = lock(&self.outboxes);
         if outboxes.stopping {
@@ -128,7 +126,6 @@ impl Connections {
 
     pub fn remove(&self, id: ConnId) {
         lock(&self.outboxes).by_id.remove(&id);
-        self.open.fetch_sub(1, Ordering::AcqRel);
         self.gone.notify(usize::MAX);
     }
 
@@ -143,7 +140,7 @@ impl Connections {
     }
 
     pub fn len(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        lock(&self.outboxes).by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -273,13 +273,7 @@ impl Config {
             redis_replicas: pick(flags.redis_replicas, &env, "REDIS_REPLICAS", 1)?,
             redis_retry_ms: match flags.redis_retry_ms {
                 Some(ms) => Some(ms),
-                None => env("REDIS_RETRY_MS")
-                    .map(|raw| {
-                        raw.trim().parse().map_err(|_| {
-                            format!("REDIS_RETRY_MS={raw:?} is not a valid value; see --help")
-                        })
-                    })
-                    .transpose()?,
+                None => from_env(&env, "REDIS_RETRY_MS")?,
             },
             history: pick(flags.history, &env, "HISTORY", 10_000)?,
             instance: pick(
@@ -427,16 +421,24 @@ fn pick<T: FromStr>(
     var: &str,
     default: T,
 ) -> Result<T, String> {
-    if let Some(value) = flag {
-        return Ok(value);
+    match flag {
+        Some(value) => Ok(value),
+        None => Ok(from_env(env, var)?.unwrap_or(default)),
     }
-    match env(var) {
-        None => Ok(default),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map_err(|_| format!("{var}={raw:?} is not a valid value; see --help")),
-    }
+}
+
+/// The value of environment variable `var`, if it is set.
+fn from_env<T: FromStr>(
+    env: &impl Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<T>, String> {
+    env(var)
+        .map(|raw| {
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{var}={raw:?} is not a valid value; see --help"))
+        })
+        .transpose()
 }
 
 #[cfg(test)]

@@ -425,9 +425,6 @@ impl Session {
         }
     }
 
-    /// Answers a request with an error. A connection that keeps sending bad
-    /// requests is closed with 1008; being throttled or finding the store
-    /// down is not the client's fault and does not count.
     /// Answers a send that ended: `ack`, or the error.
     async fn answer(&mut self, sent: Sent) -> Result<(), Closed> {
         let reference = sent.reference.as_ref();
@@ -449,6 +446,9 @@ impl Session {
         Ok(())
     }
 
+    /// Answers a request with an error. A connection that keeps sending bad
+    /// requests is closed with 1008; being throttled or finding the store
+    /// down is not the client's fault and does not count.
     async fn refuse(&mut self, reference: Option<&Ref>, error: Error) -> Result<(), Closed> {
         self.app.metrics.refused(error.code);
         self.outbox.push(protocol::error(reference, &error)).await?;

@@ -114,21 +114,20 @@ impl Outbox {
     /// Queues a frame without waiting. A connection whose queue is full is
     /// closed with 1013 instead.
     pub fn offer(&self, frame: Frame) -> Result<(), Refused> {
-        if self.is_closed() {
+        let mut state = lock(&self.0.state);
+        if state.closed {
             return Err(Refused::Closed);
         }
         if self.0.queued.load(Ordering::Relaxed) >= self.0.limit {
+            drop(state);
             self.close_now(
                 TRY_AGAIN_LATER,
                 "too far behind: reconnect and rejoin with since",
             );
             return Err(Refused::TooSlow);
         }
-        if self.enqueue(Item::Frame(frame)) {
-            Ok(())
-        } else {
-            Err(Refused::Closed)
-        }
+        self.append(&mut state, Item::Frame(frame));
+        Ok(())
     }
 
     /// Queues one of the connection's own frames, waiting while the outbox is
@@ -162,12 +161,16 @@ impl Outbox {
         if state.closed {
             return false;
         }
+        self.append(&mut state, item);
+        true
+    }
+
+    fn append(&self, state: &mut State, item: Item) {
         if matches!(item, Item::Frame(_)) {
             self.0.queued.fetch_add(1, Ordering::AcqRel);
         }
         state.items.push_back(item);
         state.wake_writer();
-        true
     }
 
     /// Queues a ping; the peer's pong (or anything else it sends) shows it is
@@ -203,7 +206,7 @@ impl Outbox {
         self.close(code, reason);
     }
 
-    pub fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         lock(&self.0.state).closed
     }
 
