@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
@@ -11,21 +11,24 @@ use event_listener::Event;
 use crate::auth::Access;
 use crate::config::Config;
 use crate::error::Error;
+use crate::fields::Room;
 use crate::flag::Flag;
 use crate::lock::lock;
+use crate::log::{Append, Outcome, Page, Read, Slice};
 use crate::metrics::Metrics;
+use crate::order::{self, ConnId};
 use crate::outbox::Outbox;
 use crate::presence::Presence;
 use crate::protocol::Limits;
-use crate::rooms::{ConnId, Rooms};
-use crate::store::{Draft, Page, Slice, Store, Stored};
+use crate::rooms::{Rooms, RoomsSetup};
+use crate::store::Store;
 
 pub struct App {
     pub config: Config,
     /// Open, or by token when `--secret` is set.
     pub access: Access,
     pub limits: Limits,
-    pub store: Arc<Store>,
+    pub store: Store,
     pub rooms: Rooms,
     pub metrics: Metrics,
     pub presence: Presence,
@@ -36,17 +39,25 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config, store: Store, metrics: Metrics) -> App {
-        let store = Arc::new(store);
-        let presence =
-            Presence::start(store.clone(), Duration::from_millis(config.presence_ttl_ms));
-        let rooms = Rooms::new(
-            store.clone(),
-            &config.instance,
-            config.outbox,
-            config.replay_cap,
-            metrics.clone(),
-            presence.clone(),
+        let presence = Presence::start(
+            store.presence.clone(),
+            Duration::from_millis(config.presence_ttl_ms),
         );
+        let rooms = Rooms::new(RoomsSetup {
+            log: store.log.clone(),
+            feed: store.feed.clone(),
+            instance: config.instance.clone(),
+            presence: presence.clone(),
+            limits: order::Limits {
+                // A quarter of the outbox, so that a join's replay and what
+                // is held back meanwhile fit in it.
+                pending: (config.outbox / 4).max(1),
+                replay_cap: config.replay_cap,
+                page: REPAIR_PAGE,
+            },
+            metrics: metrics.clone(),
+            timeout: Duration::from_millis(config.redis_timeout_ms),
+        });
         App {
             access: Access::new(config.secret.as_deref()),
             limits: Limits {
@@ -71,29 +82,41 @@ impl App {
         self.connections.stop_all();
     }
 
-    /// Stores a message: the one path of `send` and `POST /rooms/{room}/messages`.
-    pub async fn publish(&self, draft: Draft) -> Result<Stored, Error> {
+    /// Stores events in a room, in order: the one path of WebSocket sends
+    /// and HTTP posts. The store hears what this instance saw of the room.
+    pub async fn append(&self, room: &Room, batch: &[Append]) -> Result<Vec<Outcome>, Error> {
         let started = Instant::now();
-        match self.store.publish(draft).await {
-            Ok(stored) => {
-                self.metrics.accepted(started.elapsed());
-                Ok(stored)
+        let seen = self.rooms.seen(room);
+        match self.store.log.append(room, batch, &seen).await {
+            Ok(outcomes) => {
+                let took = started.elapsed();
+                for _ in outcomes.iter().filter(|o| o.is_ok()) {
+                    self.metrics.accepted(took);
+                }
+                Ok(outcomes)
             }
             Err(e) => {
-                log::warn!("publish failed: {e}");
+                log::warn!("storing in room {room} failed: {e}");
                 Err(e.into())
             }
         }
     }
 
     /// Reads history for `history` frames and HTTP reads.
-    pub async fn read(&self, room: &crate::fields::Room, slice: Slice) -> Result<Page, Error> {
-        self.store.read(room, slice).await.map_err(|e| {
-            log::warn!("reading room {room} failed: {e}");
-            Error::from(e)
-        })
+    pub async fn read(&self, room: &Room, slice: Slice) -> Result<Page, Error> {
+        self.store
+            .log
+            .read(room, Read::client(slice))
+            .await
+            .map_err(|e| {
+                log::warn!("reading room {room} failed: {e}");
+                Error::from(e)
+            })
     }
 }
+
+/// How many ids one catch-up or repair read asks for.
+const REPAIR_PAGE: usize = 1000;
 
 /// The open WebSocket connections: counted for `--max-connections`, and
 /// each reachable so that a drain can ask every reader to stop, and wait for

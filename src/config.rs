@@ -60,8 +60,13 @@ pub struct Flags {
     #[argh(option)]
     pub history: Option<usize>,
 
-    /// this instance's name in `welcome` frames and logs [PARLOR_INSTANCE,
-    /// default: six random hex digits]
+    /// how long a room's history and state live in Redis after its last
+    /// event, such as 30d, 12h or 90m [PARLOR_RETENTION, default 30d]
+    #[argh(option)]
+    pub retention: Option<String>,
+
+    /// this instance's name in `welcome` frames and logs: 1 to 64 of A-Z
+    /// a-z 0-9 _ - . [PARLOR_INSTANCE, default: six random hex digits]
     #[argh(option)]
     pub instance: Option<String>,
 
@@ -217,6 +222,8 @@ pub struct Config {
     /// `None`: by mode.
     pub redis_retry_ms: Option<u64>,
     pub history: usize,
+    /// How long a room's keys live after its last event.
+    pub retention: std::time::Duration,
     pub instance: String,
     pub max_text: usize,
     pub max_frame: usize,
@@ -276,6 +283,13 @@ impl Config {
                 None => from_env(&env, "REDIS_RETRY_MS")?,
             },
             history: pick(flags.history, &env, "HISTORY", 10_000)?,
+            retention: crate::auth::parse_ttl(&pick(
+                flags.retention,
+                &env,
+                "PARLOR_RETENTION",
+                "30d".to_owned(),
+            )?)
+            .map_err(|e| e.replace("--ttl", "--retention"))?,
             instance: pick(
                 flags.instance,
                 &env,
@@ -404,11 +418,16 @@ impl Config {
                 self.max_text + 1024
             ));
         }
-        if self.instance.is_empty()
-            || self.instance.len() > 64
-            || self.instance.chars().any(char::is_control)
+        let name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+        if self.instance.is_empty() || self.instance.len() > 64 || !self.instance.bytes().all(name)
         {
-            return Err("--instance must be 1 to 64 characters without control characters".into());
+            return Err(format!(
+                "--instance {:?}: a name is 1 to 64 characters of A-Z a-z 0-9 _ - .",
+                self.instance
+            ));
+        }
+        if self.retention.is_zero() {
+            return Err("--retention must be at least 1s".into());
         }
         Ok(())
     }
@@ -491,6 +510,16 @@ mod tests {
         assert!(config(&["--max-text", "65536"], &[])
             .unwrap_err()
             .contains("--max-frame"));
+        assert!(config(&["--instance", "eu west"], &[])
+            .unwrap_err()
+            .contains("--instance"));
+        assert!(config(&["--retention", "soon"], &[])
+            .unwrap_err()
+            .contains("--retention"));
+        assert_eq!(
+            config(&["--instance", "eu-west.1"], &[]).unwrap().instance,
+            "eu-west.1"
+        );
     }
 
     #[test]

@@ -1,32 +1,39 @@
 //! One WebSocket session: the reader loop that turns client frames into
-//! actions, with the outbox and writer task that carry everything back.
+//! requests, each handled in its own function, with the outbox and writer
+//! task that carry everything back.
 //!
-//! The reader handles one request at a time, so a client's answers come in the
-//! order of its requests. It is the only task that changes the connection's
-//! set of joined rooms; rooms hold its outbox to deliver live messages.
+//! The reader handles one request at a time, so a client's answers come in
+//! the order of its requests. Sends are the exception that keeps a fast
+//! client fast: they queue (`sends.rs`) and go to the store in batches, in
+//! the order sent, while the reader goes on; any other request first waits
+//! for the sends before it to be answered. The reader is the only task that
+//! changes the connection's set of joined rooms; rooms hold its outbox to
+//! deliver live events.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::error::CapacityError;
 use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use async_tungstenite::{WebSocketReceiver, WebSocketStream};
 use futures_lite::{FutureExt, StreamExt};
-use futures_util::stream::FuturesOrdered;
 
 use crate::app::App;
 use crate::auth::Identity;
 use crate::bucket::TokenBucket;
 use crate::error::{Error, ErrorCode};
+use crate::feed::Signal;
 use crate::fields::{Ref, Room};
+use crate::log::{Append, Change, Slice, Stored};
+use crate::order::ConnId;
 use crate::outbox::{Closed, Outbox, GOING_AWAY, NORMAL, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
-use crate::rooms::{ConnId, JoinError};
-use crate::store::{Draft, Signal, Slice, Stored};
+use crate::rooms::JoinError;
+use crate::sends::{self, Sends};
 
 /// How long a closing connection waits for its writer to finish and the
 /// client to answer the close.
@@ -39,10 +46,11 @@ const ABUSE_RATE: u32 = 10;
 /// Typing frames a connection may send in a burst, and per second after it.
 const SIGNAL_BURST: u32 = 10;
 const SIGNAL_RATE: u32 = 5;
-/// Sends of one connection that may be on their way to the store at once.
-/// They are dispatched in the order they came, on one store connection, so
-/// they are stored in that order; their answers go out in that order too.
-const SENDS_IN_FLIGHT: usize = 32;
+/// Most sends of one connection in one batch to the store.
+const SENDS_BATCH: usize = 32;
+/// Most sends of one connection in flight and waiting; beyond it the reader
+/// waits for a batch to be answered before it reads on.
+const SENDS_WAITING: usize = 2 * SENDS_BATCH;
 
 /// What the upgrade request's query asked for.
 pub struct Params {
@@ -61,7 +69,7 @@ pub fn serve(
     app: Arc<App>,
     ws: WebSocketStream<TcpStream>,
     params: Params,
-) -> impl std::future::Future<Output = ()> + Send {
+) -> impl Future<Output = ()> + Send {
     let (outbox, writer) = Outbox::new(app.config.outbox);
     let (sender, receiver) = ws.split();
     let writer = async_std::task::spawn(writer.run(sender));
@@ -77,133 +85,23 @@ async fn read(
 ) {
     let id = app.connections.add(&outbox);
     app.metrics.connection_opened();
-    let mut session = Session {
-        app: app.clone(),
-        id,
-        outbox: outbox.clone(),
-        identity: params.identity,
-        default_room: params.room.clone(),
-        joined: HashSet::new(),
-        sends: TokenBucket::new(app.config.rate, app.config.burst),
-        signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_BURST),
-        abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
-        sending: InFlight::default(),
-    };
+    let mut session = Session::new(app.clone(), id, outbox.clone(), &params);
     log::debug!("connection {id} opened for {}", session.identity.user);
-
     let welcome = protocol::welcome(
         &session.identity.user,
         &app.config.instance,
         &format!("c{id:x}"),
     );
-    // A token that expires while connected ends the connection with 1008.
-    let expires_at = session
-        .identity
-        .expiry()
-        .map(|left| std::time::Instant::now() + left);
     let mut open = outbox.push(welcome).await.is_ok();
     if let (true, Some(room)) = (open, params.room) {
         open = Box::pin(session.join(None, room, params.replay))
             .await
             .is_ok();
     }
-    // Silence is answered with a ping; silence through a whole interval after
-    // it means the peer is gone (a half-open connection), and it is dropped.
-    let ping_interval = Duration::from_millis(app.config.ping_interval_ms);
-    let mut last_heard = std::time::Instant::now();
-    let mut pinged = false;
-    while open {
-        // One timer for both deadlines: each costs an idle connection memory.
-        let quiet_at = last_heard + ping_interval;
-        let wake_at = expires_at.map_or(quiet_at, |at| at.min(quiet_at));
-        let next = async { Next::Frame(receiver.next().await) }
-            .or(async {
-                // A close requested elsewhere, or the server draining.
-                outbox.stopped().await;
-                Next::Stop
-            })
-            .or(async {
-                async_std::task::sleep(
-                    wake_at.saturating_duration_since(std::time::Instant::now()),
-                )
-                .await;
-                Next::Timer
-            })
-            .or(async {
-                match session.sending.next().await {
-                    Some(sent) => Next::Sent(sent),
-                    None => std::future::pending().await,
-                }
-            })
-            .await;
-        let frame = match next {
-            Next::Stop | Next::Frame(None) => break,
-            Next::Sent(sent) => {
-                open = Box::pin(session.answer(sent)).await.is_ok();
-                continue;
-            }
-            Next::Timer if expires_at.is_some_and(|at| at <= std::time::Instant::now()) => {
-                log::info!("connection {id}: token expired; closing with 1008");
-                outbox.close(POLICY, "token expired");
-                break;
-            }
-            Next::Timer if std::time::Instant::now() < quiet_at => continue,
-            Next::Timer if pinged => {
-                log::info!("connection {id}: no answer to a ping; dropping it");
-                break;
-            }
-            Next::Timer => {
-                outbox.ping();
-                pinged = true;
-                last_heard = std::time::Instant::now();
-                continue;
-            }
-            Next::Frame(Some(frame)) => frame,
-        };
-        last_heard = std::time::Instant::now();
-        pinged = false;
-        open = match frame {
-            // Boxed: handling a request is a large future that an idle
-            // connection would otherwise carry inline all its life.
-            Ok(WsMessage::Text(text)) => Box::pin(session.handle(text.as_str())).await.is_ok(),
-            Ok(WsMessage::Binary(_)) => Box::pin(session.refuse(
-                None,
-                Error::bad_request("binary frames are not supported; send JSON text frames"),
-            ))
-            .await
-            .is_ok(),
-            Ok(WsMessage::Close(_)) => false,
-            Ok(_) => true,
-            Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
-                log::info!("connection {id}: message of {size} bytes over the {max_size} limit; closing with 1009");
-                outbox.close_now(TOO_BIG, "message too large");
-                false
-            }
-            Err(e) => {
-                log::debug!("connection {id}: {e}");
-                false
-            }
-        };
+    if open {
+        session.run(&mut receiver).await;
     }
-
-    // What was read is answered, as far as the connection still takes it.
-    let _ = Box::pin(session.settle()).await;
-    for room in session.joined.drain() {
-        app.rooms.leave(id, &room);
-    }
-    // Unless a close was requested already (then this one changes nothing),
-    // the server is draining or the client is leaving or gone.
-    if app.shutdown.is_set() {
-        outbox.close(GOING_AWAY, "server shutting down");
-    } else {
-        outbox.close(NORMAL, "");
-    }
-    // The closing handshake: while the writer sends what is queued and the
-    // close frame, what the client still sends is read and dropped until it
-    // answers the close. Dropping the socket with unread data would reset it,
-    // and the client might never see the close code.
-    let drain = async { while let Some(Ok(_)) = receiver.next().await {} };
-    let _ = async_std::future::timeout(CLOSE_GRACE, futures_lite::future::zip(writer, drain)).await;
+    session.close(receiver, writer).await;
     app.connections.remove(id);
     app.metrics.connection_closed();
     log::debug!("connection {id} closed");
@@ -217,43 +115,25 @@ enum Next {
     /// The token expired, or nothing was heard from the client for a ping
     /// interval.
     Timer,
-    /// A send in flight was stored, or failed.
-    Sent(Sent),
+    /// The batch of sends in flight was answered.
+    Stored(Vec<Answered>),
 }
 
-/// A send on its way to the store, and where it ended.
-type Sending = Pin<Box<dyn Future<Output = Sent> + Send>>;
+/// A send waiting for the store.
+struct Pending {
+    room: Room,
+    append: Append,
+}
 
-struct Sent {
+/// How a send ended.
+struct Answered {
     reference: Option<Ref>,
     room: Room,
     result: Result<Stored, Error>,
 }
 
-/// The connection's sends in flight, oldest first. Boxed and made on the
-/// first send: an idle connection carries one pointer.
-#[derive(Default)]
-struct InFlight(Option<Box<FuturesOrdered<Sending>>>);
-
-impl InFlight {
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |sends| sends.len())
-    }
-
-    fn push(&mut self, send: Sending) {
-        self.0.get_or_insert_with(Default::default).push_back(send);
-    }
-
-    /// The oldest send once it has ended; `None` when none is in flight.
-    async fn next(&mut self) -> Option<Sent> {
-        let sends = self.0.as_mut()?;
-        let sent = sends.next().await;
-        if sends.is_empty() {
-            self.0 = None;
-        }
-        sent
-    }
-}
+/// A batch of sends on its way to the store.
+type Storing = Pin<Box<dyn Future<Output = Vec<Answered>> + Send>>;
 
 struct Session {
     app: Arc<App>,
@@ -266,11 +146,157 @@ struct Session {
     /// Typing frames, limited apart from messages so neither starves the other.
     signals: TokenBucket,
     abuse: TokenBucket,
-    sending: InFlight,
+    queue: Sends<Pending>,
+    /// Boxed and made on the first send: an idle connection carries one
+    /// pointer.
+    storing: Option<Storing>,
+    /// When the token stops being good, if it does.
+    expires_at: Option<Instant>,
 }
 
 impl Session {
-    /// Handles one text frame. `Err` means the connection is closing.
+    fn new(app: Arc<App>, id: ConnId, outbox: Outbox, params: &Params) -> Session {
+        let expires_at = params.identity.expiry().map(|left| Instant::now() + left);
+        Session {
+            sends: TokenBucket::new(app.config.rate, app.config.burst),
+            signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_BURST),
+            abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
+            app,
+            id,
+            outbox,
+            identity: params.identity.clone(),
+            default_room: params.room.clone(),
+            joined: HashSet::new(),
+            queue: Sends::new(SENDS_BATCH),
+            storing: None,
+            expires_at,
+        }
+    }
+
+    /// Reads and handles frames until the connection is to close.
+    async fn run(&mut self, receiver: &mut WebSocketReceiver<TcpStream>) {
+        // Silence is answered with a ping; silence through a whole interval
+        // after it means the peer is gone (a half-open connection).
+        let ping_interval = Duration::from_millis(self.app.config.ping_interval_ms);
+        let mut last_heard = Instant::now();
+        let mut pinged = false;
+        loop {
+            let quiet_at = last_heard + ping_interval;
+            let frame = match self.next(receiver, quiet_at).await {
+                Next::Stop | Next::Frame(None) => return,
+                Next::Stored(answered) => {
+                    if self.answered(answered).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Next::Timer if self.expires_at.is_some_and(|at| at <= Instant::now()) => {
+                    log::info!("connection {}: token expired; closing with 1008", self.id);
+                    self.outbox.close(POLICY, "token expired");
+                    return;
+                }
+                Next::Timer if Instant::now() < quiet_at => continue,
+                Next::Timer if pinged => {
+                    log::info!("connection {}: no answer to a ping; dropping it", self.id);
+                    return;
+                }
+                Next::Timer => {
+                    self.outbox.ping();
+                    pinged = true;
+                    last_heard = Instant::now();
+                    continue;
+                }
+                Next::Frame(Some(frame)) => frame,
+            };
+            last_heard = Instant::now();
+            pinged = false;
+            if self.frame(frame).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits for whatever comes first: a frame, a stop, the timer, or the
+    /// answer of the sends in flight.
+    async fn next(
+        &mut self,
+        receiver: &mut WebSocketReceiver<TcpStream>,
+        quiet_at: Instant,
+    ) -> Next {
+        // One timer for both deadlines: each costs an idle connection memory.
+        let wake_at = self.expires_at.map_or(quiet_at, |at| at.min(quiet_at));
+        let outbox = &self.outbox;
+        let storing = &mut self.storing;
+        async { Next::Frame(receiver.next().await) }
+            .or(async {
+                outbox.stopped().await;
+                Next::Stop
+            })
+            .or(async {
+                async_std::task::sleep(wake_at.saturating_duration_since(Instant::now())).await;
+                Next::Timer
+            })
+            .or(async {
+                match storing {
+                    Some(batch) => Next::Stored(batch.await),
+                    None => std::future::pending().await,
+                }
+            })
+            .await
+    }
+
+    /// Handles one WebSocket message. `Err` means the connection is closing.
+    async fn frame(&mut self, frame: Result<WsMessage, WsError>) -> Result<(), Closed> {
+        match frame {
+            // Boxed: handling a request is a large future that an idle
+            // connection would otherwise carry inline all its life.
+            Ok(WsMessage::Text(text)) => Box::pin(self.handle(text.as_str())).await,
+            Ok(WsMessage::Binary(_)) => {
+                let error =
+                    Error::bad_request("binary frames are not supported; send JSON text frames");
+                Box::pin(self.refuse(None, error)).await
+            }
+            Ok(WsMessage::Close(_)) => Err(Closed),
+            Ok(_) => Ok(()),
+            Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                log::info!("connection {}: message of {size} bytes over the {max_size} limit; closing with 1009", self.id);
+                self.outbox.close_now(TOO_BIG, "message too large");
+                Err(Closed)
+            }
+            Err(e) => {
+                log::debug!("connection {}: {e}", self.id);
+                Err(Closed)
+            }
+        }
+    }
+
+    /// Answers what was read, leaves every room, and closes: while the
+    /// writer sends what is queued and the close frame, what the client
+    /// still sends is read and dropped until it answers the close (dropping
+    /// the socket with unread data would reset it, and the client might
+    /// never see the close code).
+    async fn close(
+        mut self,
+        mut receiver: WebSocketReceiver<TcpStream>,
+        writer: async_std::task::JoinHandle<()>,
+    ) {
+        let _ = Box::pin(self.settle()).await;
+        for room in self.joined.drain() {
+            self.app.rooms.leave(self.id, &room);
+        }
+        // Unless a close was requested already (then this one changes
+        // nothing), the server is draining or the client is leaving or gone.
+        if self.app.shutdown.is_set() {
+            self.outbox.close(GOING_AWAY, "server shutting down");
+        } else {
+            self.outbox.close(NORMAL, "");
+        }
+        let drain = async { while let Some(Ok(_)) = receiver.next().await {} };
+        let _ =
+            async_std::future::timeout(CLOSE_GRACE, futures_lite::future::zip(writer, drain)).await;
+    }
+
+    /// Handles one text frame.
     async fn handle(&mut self, text: &str) -> Result<(), Closed> {
         let decoded = protocol::decode(text, self.default_room.as_ref(), &self.app.limits);
         // Anything but a send waits for the sends before it, so that answers
@@ -300,97 +326,15 @@ impl Session {
         }
         match request {
             Request::Join { room, replay } => self.join(reference, room, replay).await,
-            Request::Leave { room } => {
-                if self.joined.remove(&room) {
-                    self.app.rooms.leave(self.id, &room);
-                    self.outbox.push(protocol::left(&room)).await
-                } else {
-                    self.refuse(reference, not_joined(&room)).await
-                }
-            }
-            Request::Send { room, text } => {
-                if !self.sends.take() {
-                    let error = Error::new(
-                        ErrorCode::RateLimited,
-                        format!(
-                            "more than {} messages per second (bursts of {}); slow down",
-                            self.app.config.rate, self.app.config.burst
-                        ),
-                    );
-                    self.settle().await?;
-                    return self.refuse(reference, error).await;
-                }
-                if self.sending.len() >= SENDS_IN_FLIGHT {
-                    if let Some(sent) = self.sending.next().await {
-                        self.answer(sent).await?;
-                    }
-                }
-                let draft = Draft {
-                    room: room.clone(),
-                    user: self.identity.user.clone(),
-                    text,
-                    reference: reference.cloned(),
-                };
-                let app = self.app.clone();
-                let reference = reference.cloned();
-                self.sending.push(Box::pin(async move {
-                    let result = app.publish(draft).await;
-                    Sent {
-                        reference,
-                        room,
-                        result,
-                    }
-                }));
-                Ok(())
-            }
+            Request::Leave { room } => self.leave(reference, room).await,
+            Request::Send { room, text } => self.send(reference, room, Change::Message(text)).await,
             Request::History {
                 room,
                 before,
                 limit,
-            } => {
-                let slice = match before {
-                    Some(before) => Slice::newest_before(before, limit),
-                    None => Slice::newest_after(0, limit),
-                };
-                match self.app.read(&room, slice).await {
-                    Ok(page) => {
-                        let more = page.messages.first().is_some_and(|m| m.id > page.first);
-                        self.outbox
-                            .push(protocol::history(reference, &room, &page.messages, more))
-                            .await
-                    }
-                    Err(error) => self.refuse(reference, error).await,
-                }
-            }
-            Request::Typing { room } => {
-                if !self.joined.contains(&room) {
-                    return self.refuse(reference, not_joined(&room)).await;
-                }
-                if !self.signals.take() {
-                    let error = Error::new(
-                        ErrorCode::RateLimited,
-                        format!("more than {SIGNAL_RATE} typing frames per second; send one every few seconds"),
-                    );
-                    return self.refuse(reference, error).await;
-                }
-                let signal = Signal {
-                    origin: self.app.rooms.origin(self.id),
-                    frame: protocol::typing(&room, &self.identity.user),
-                    room,
-                };
-                match self.app.store.signal(signal).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => self.refuse(reference, e.into()).await,
-                }
-            }
-            Request::Presence { room } => match self.app.store.presence(&room).await {
-                Ok(users) => {
-                    self.outbox
-                        .push(protocol::presence(reference, &room, &users))
-                        .await
-                }
-                Err(e) => self.refuse(reference, e.into()).await,
-            },
+            } => self.history(reference, room, before, limit).await,
+            Request::Typing { room } => self.typing(reference, room).await,
+            Request::Presence { room } => self.presence(reference, room).await,
         }
     }
 
@@ -407,10 +351,11 @@ impl Session {
             ));
             return self.refuse(reference, error).await;
         }
+        let user = self.identity.user.clone();
         match self
             .app
             .rooms
-            .join(self.id, &self.outbox, &room, &self.identity.user, replay)
+            .join(self.id, &self.outbox, &room, &user, replay)
             .await
         {
             Ok(()) => {
@@ -419,29 +364,145 @@ impl Session {
             }
             Err(JoinError::Closed) => Err(Closed),
             Err(JoinError::Refused(error)) => {
-                self.joined.remove(&room);
+                if !self.app.rooms.is_member(self.id, &room) {
+                    self.joined.remove(&room);
+                }
                 self.refuse(reference, error).await
             }
         }
     }
 
-    /// Answers a send that ended: `ack`, or the error.
-    async fn answer(&mut self, sent: Sent) -> Result<(), Closed> {
-        let reference = sent.reference.as_ref();
-        match sent.result {
-            Ok(stored) => {
-                self.outbox
-                    .push(protocol::ack(reference, &sent.room, stored.id))
-                    .await
+    async fn leave(&mut self, reference: Option<&Ref>, room: Room) -> Result<(), Closed> {
+        if self.joined.remove(&room) {
+            self.app.rooms.leave(self.id, &room);
+            self.outbox.push(protocol::left(&room)).await
+        } else {
+            self.refuse(reference, not_joined(&room)).await
+        }
+    }
+
+    /// Queues a send for the store; the reader goes on unless too many wait.
+    async fn send(
+        &mut self,
+        reference: Option<&Ref>,
+        room: Room,
+        change: Change,
+    ) -> Result<(), Closed> {
+        if !self.sends.take() {
+            let error = Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second (bursts of {}); slow down",
+                    self.app.config.rate, self.app.config.burst
+                ),
+            );
+            self.settle().await?;
+            return self.refuse(reference, error).await;
+        }
+        if self.queue.len() >= SENDS_WAITING {
+            self.settle_one().await?;
+        }
+        let append = Append {
+            user: self.identity.user.clone(),
+            change,
+            reference: reference.cloned(),
+        };
+        if let Some(batch) = self.queue.push(Pending { room, append }) {
+            self.storing = Some(store(self.app.clone(), batch));
+        }
+        Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        reference: Option<&Ref>,
+        room: Room,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(), Closed> {
+        let slice = match before {
+            Some(before) => Slice::newest_before(before, limit),
+            None => Slice::newest_after(0, limit),
+        };
+        match self.app.read(&room, slice).await {
+            Ok(page) => {
+                let frame = protocol::history(reference, &room, &page.events, page.more_before());
+                self.outbox.push(frame).await
             }
             Err(error) => self.refuse(reference, error).await,
         }
     }
 
-    /// Waits for every send in flight and answers each, oldest first.
+    async fn typing(&mut self, reference: Option<&Ref>, room: Room) -> Result<(), Closed> {
+        if !self.joined.contains(&room) {
+            return self.refuse(reference, not_joined(&room)).await;
+        }
+        if !self.signals.take() {
+            let error = Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {SIGNAL_RATE} typing frames per second; send one every few seconds"
+                ),
+            );
+            return self.refuse(reference, error).await;
+        }
+        let signal = Signal {
+            origin: self.app.rooms.origin(self.id),
+            frame: protocol::typing(&room, &self.identity.user),
+            room,
+        };
+        match self.app.store.feed.signal(signal).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.refuse(reference, e.into()).await,
+        }
+    }
+
+    async fn presence(&mut self, reference: Option<&Ref>, room: Room) -> Result<(), Closed> {
+        match self.app.store.presence.users(&room).await {
+            Ok(users) => {
+                self.outbox
+                    .push(protocol::presence(reference, &room, &users))
+                    .await
+            }
+            Err(e) => self.refuse(reference, e.into()).await,
+        }
+    }
+
+    /// Answers a batch of sends, in order, and sends the next one.
+    async fn answered(&mut self, answered: Vec<Answered>) -> Result<(), Closed> {
+        self.storing = self
+            .queue
+            .finished()
+            .map(|batch| store(self.app.clone(), batch));
+        for sent in answered {
+            let reference = sent.reference.as_ref();
+            match sent.result {
+                Ok(stored) => {
+                    self.outbox
+                        .push(protocol::ack(reference, &sent.room, stored.id))
+                        .await?
+                }
+                Err(error) => self.refuse(reference, error).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and answers it.
+    async fn settle_one(&mut self) -> Result<(), Closed> {
+        match self.storing.as_mut() {
+            Some(batch) => {
+                let answered = batch.await;
+                self.answered(answered).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every send in flight and waiting, and answers each, in order.
     async fn settle(&mut self) -> Result<(), Closed> {
-        while let Some(sent) = self.sending.next().await {
-            self.answer(sent).await?;
+        while self.storing.is_some() {
+            self.settle_one().await?;
         }
         Ok(())
     }
@@ -463,6 +524,39 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Stores a batch of sends: one append per room, the rooms side by side,
+/// and the answers back in the batch's order.
+fn store(app: Arc<App>, batch: Vec<Pending>) -> Storing {
+    Box::pin(async move {
+        let count = batch.len();
+        let parts = sends::by_room(batch, |pending| pending.room.clone());
+        let stored = futures_util::future::join_all(parts.into_iter().map(|(room, sends)| {
+            let app = app.clone();
+            async move {
+                let appends: Vec<Append> = sends.iter().map(|(_, p)| p.append.clone()).collect();
+                let result = app.append(&room, &appends).await;
+                (room, sends, result)
+            }
+        }))
+        .await;
+        let mut answers: Vec<Option<Answered>> = (0..count).map(|_| None).collect();
+        for (room, sends, result) in stored {
+            let mut outcomes = match result {
+                Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+                Err(error) => vec![Some(Err(error)); sends.len()],
+            };
+            for ((at, pending), outcome) in sends.into_iter().zip(outcomes.iter_mut()) {
+                answers[at] = Some(Answered {
+                    reference: pending.append.reference,
+                    room: room.clone(),
+                    result: outcome.take().expect("one outcome per send"),
+                });
+            }
+        }
+        answers.into_iter().flatten().collect()
+    })
 }
 
 fn not_joined(room: &Room) -> Error {

@@ -40,7 +40,7 @@ impl Log for TextLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let millis = crate::store::now_millis();
+        let millis = crate::log::now_millis();
         let day = millis % 86_400_000;
         let mut line = format!(
             "{:02}:{:02}:{:02}.{:03} {:5} {}",

@@ -11,9 +11,9 @@ use futures_lite::StreamExt;
 
 use parlor::app::App;
 use parlor::config::{Command, Config, Flags, TokenFlags};
-use parlor::memory_store::MemoryStore;
 use parlor::metrics::Metrics;
-use parlor::redis_store::{RedisOptions, RedisStore};
+use parlor::redis::RedisOptions;
+use parlor::redis_log::LogOptions;
 use parlor::store::Store;
 use parlor::{auth, logging, server};
 
@@ -77,28 +77,26 @@ async fn run(config: Config) -> Result<(), String> {
 
     let metrics = Metrics::default();
     let (store, feed) = match &config.redis {
-        None => {
-            let (store, feed) = MemoryStore::new(config.history);
-            (Store::Memory(store), feed)
-        }
+        None => Store::memory(config.history),
         Some(url) => {
-            let (store, feed) = RedisStore::connect(RedisOptions {
+            let connect = RedisOptions {
                 url,
                 mode: config.redis_mode,
                 prefix: &config.redis_prefix,
-                history: config.history,
                 timeout: Duration::from_millis(config.redis_timeout_ms),
+                metrics: metrics.clone(),
+            };
+            let log = LogOptions {
+                history: config.history,
                 retry: config.redis_retry_ms.map(Duration::from_millis),
                 replicas: config.redis_replicas,
-                instance: &config.instance,
-                presence_ttl: Duration::from_millis(config.presence_ttl_ms),
-                metrics: metrics.clone(),
-            })
-            .await?;
-            (Store::Redis(Box::new(store)), feed)
+                retention: config.retention,
+            };
+            let presence_ttl = Duration::from_millis(config.presence_ttl_ms);
+            Store::redis(connect, log, &config.instance, presence_ttl).await?
         }
     };
-    log::info!("{}", store.describe());
+    log::info!("{}", store.log.describe());
     if config.secret.is_none() {
         log::warn!("no --secret: parlor is open, anyone can connect as any user (set PARLOR_SECRET to require tokens)");
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 
 use crate::fields::{Room, User};
-use crate::store::Store;
+use crate::presence_store::PresenceStore;
 
 /// The sending side, held by the room registry.
 #[derive(Clone)]
@@ -33,7 +33,7 @@ enum Change {
 impl Presence {
     /// Starts the presence task; entries expire `ttl` after their last
     /// heartbeat, and heartbeats and sweeps come every third of it.
-    pub fn start(store: Arc<Store>, ttl: Duration) -> Presence {
+    pub fn start(store: Arc<dyn PresenceStore>, ttl: Duration) -> Presence {
         let (changes, received) = async_channel::unbounded();
         async_std::task::spawn(run(store, ttl, received));
         Presence { changes }
@@ -63,7 +63,11 @@ impl Presence {
     }
 }
 
-async fn run(store: Arc<Store>, ttl: Duration, changes: async_channel::Receiver<Change>) {
+async fn run(
+    store: Arc<dyn PresenceStore>,
+    ttl: Duration,
+    changes: async_channel::Receiver<Change>,
+) {
     let mut here: HashSet<(Room, User)> = HashSet::new();
     let beat = ttl / 3;
     let mut next_beat = Instant::now() + beat;
@@ -77,13 +81,13 @@ async fn run(store: Arc<Store>, ttl: Duration, changes: async_channel::Receiver<
             .await;
         match next {
             Some(Change::Arrive(room, user)) => {
-                if let Err(e) = store.presence_join(&room, &user).await {
+                if let Err(e) = store.arrive(&room, &user).await {
                     log::warn!("presence of {user} in {room} not recorded yet ({e}); the next heartbeat retries");
                 }
                 here.insert((room, user));
             }
             Some(Change::Depart(room, user)) => {
-                if let Err(e) = store.presence_leave(&room, &user).await {
+                if let Err(e) = store.depart(&room, &user).await {
                     log::warn!(
                         "departure of {user} from {room} not recorded ({e}); it expires instead"
                     );
@@ -99,7 +103,7 @@ async fn run(store: Arc<Store>, ttl: Duration, changes: async_channel::Receiver<
                 // Heartbeat: refresh every entry of this instance (an entry
                 // that expired meanwhile comes back, and says so).
                 for (room, user) in &here {
-                    if let Err(e) = store.presence_join(room, user).await {
+                    if let Err(e) = store.arrive(room, user).await {
                         log::debug!("presence heartbeat failed: {e}");
                         break;
                     }
@@ -107,7 +111,7 @@ async fn run(store: Arc<Store>, ttl: Duration, changes: async_channel::Receiver<
                 // Sweep: entries of instances that stopped beating.
                 let rooms: HashSet<&Room> = here.iter().map(|(room, _)| room).collect();
                 for room in rooms {
-                    if let Err(e) = store.presence_sweep(room).await {
+                    if let Err(e) = store.sweep(room).await {
                         log::debug!("presence sweep failed: {e}");
                         break;
                     }

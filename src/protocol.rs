@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::fields::{Ref, Room, Text, User};
-use crate::store::{Epoch, Message};
+use crate::log::{Epoch, Event};
 
 /// An encoded server frame: UTF-8 JSON, cheap to clone, so one encoding of a
 /// message is shared by every recipient on this instance.
@@ -421,8 +421,8 @@ pub fn left(room: &Room) -> Frame {
     })
 }
 
-/// Writes `[m1,m2,…]` from already encoded message frames, without decoding them.
-pub fn message_array(messages: &[Message]) -> String {
+/// Writes `[e1,e2,…]` from already encoded event frames, without decoding them.
+pub fn message_array(messages: &[Event]) -> String {
     let mut out =
         String::with_capacity(2 + messages.iter().map(|m| m.frame.len() + 1).sum::<usize>());
     out.push('[');
@@ -436,7 +436,7 @@ pub fn message_array(messages: &[Message]) -> String {
     out
 }
 
-pub fn history(reference: Option<&Ref>, room: &Room, messages: &[Message], more: bool) -> Frame {
+pub fn history(reference: Option<&Ref>, room: &Room, messages: &[Event], more: bool) -> Frame {
     let mut out = String::from(r#"{"type":"history","#);
     if let Some(reference) = reference {
         out.push_str(r#""ref":"#);
@@ -683,9 +683,10 @@ mod tests {
     #[test]
     fn history_frame_splices_encoded_messages() {
         let general = room("general");
-        let m = Message {
+        let m = Event {
             id: 3,
             frame: message(&general, 3, "al\"ice", "hi\n", 7),
+            nonce: 1,
         };
         let frame = history(
             Some(&Ref::parse("h").unwrap()),

@@ -22,10 +22,10 @@ use crate::auth::Identity;
 use crate::connection::{self, Params};
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Ref, Room, Text, User};
+use crate::log::{Append, Change, Epoch, Slice};
 use crate::metrics;
 use crate::page;
 use crate::protocol::{self, Replay};
-use crate::store::{Draft, Epoch, Slice};
 
 pub type Body = Full<Bytes>;
 
@@ -121,7 +121,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             allow(&req, "GET")?;
             let room = Room::parse(room)?;
             http_identity(app, &req, &room)?;
-            let users = app.store.presence(&room).await.map_err(Error::from)?;
+            let users = app.store.presence.users(&room).await.map_err(Error::from)?;
             Ok(json(
                 StatusCode::OK,
                 serde_json::json!({ "users": users }).to_string(),
@@ -501,13 +501,16 @@ async fn post_message(
         })?)?,
     };
     let reference = reference.as_deref().or(query.get("ref"));
-    let draft = Draft {
+    let append = Append {
         user,
-        text: Text::parse(text, app.config.max_text)?,
+        change: Change::Message(Text::parse(text, app.config.max_text)?),
         reference: reference.map(Ref::parse).transpose()?,
-        room: room.clone(),
     };
-    let stored = app.publish(draft).await?;
+    let outcome = app.append(&room, std::slice::from_ref(&append)).await?;
+    let stored = outcome
+        .into_iter()
+        .next()
+        .expect("one outcome per append")?;
     let body = serde_json::to_string(&Posted {
         room: room.as_str(),
         id: stored.id,
@@ -546,20 +549,20 @@ async fn read_messages(app: &Arc<App>, room: Room, query: &Query) -> Result<Resp
                 page = app.read(&room, Slice::oldest_after(0, limit)).await?;
                 truncated = true;
             }
-            let more = page.messages.last().is_some_and(|m| m.id < page.head);
+            let more = page.more_after();
             (page, more, truncated)
         }
         (None, before) => {
             let slice = Slice::newest_before(before.unwrap_or(u64::MAX), limit);
             let page = app.read(&room, slice).await?;
-            let more = page.messages.first().is_some_and(|m| m.id > page.first);
+            let more = page.more_before();
             (page, more, false)
         }
     };
     let body = format!(
         r#"{{"epoch":{},"messages":{},"more":{more},"truncated":{truncated}}}"#,
         serde_json::to_string(page.epoch.as_str()).expect("serializes"),
-        protocol::message_array(&page.messages),
+        protocol::message_array(&page.events),
     );
     Ok(json(StatusCode::OK, body))
 }

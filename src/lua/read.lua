@@ -1,22 +1,25 @@
-#!lua
 -- Reads part of a room's history, with where it stands: one round trip, one
--- consistent view. Nothing above the meta's `safe` mark is shown (see
--- publish.lua): the head reported is the last id that may be seen.
+-- consistent view. Nothing above the meta's `safe` mark is shown: the head
+-- reported is the last id that may be seen.
 --
--- KEYS[1] the room's meta hash (epoch, head)   KEYS[2] the room's stream
+-- KEYS[1] the room's meta hash   KEYS[2] its stream
 -- ARGV: after (ids strictly above), before (strictly below, or '+' for none),
 --       limit, 'oldest' or 'newest' (which end the limit counts from),
---       fresh_epoch (used when the room has none yet)
--- Returns {epoch, head, first, entries}; entries oldest first, each
--- {stream id, {field, value, ...}}.
+--       fresh epoch, '1' to give a room without one its epoch now ('0': a
+--       client's read, which changes nothing), retention (ms), k, then k
+--       triples of what the reader saw (see went_back).
+-- Returns {epoch, head, first, entries, head nonce or false}; entries oldest
+-- first, each {stream id, {field, value, ...}}.
 local meta, stream = KEYS[1], KEYS[2]
-local after, before, limit, from, fresh_epoch = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local after, before, limit, from, fresh = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local create, retention = ARGV[6] == '1', ARGV[7]
 
-local epoch = redis.call('HGET', meta, 'epoch')
+local epoch = current_epoch(meta, stream, fresh, create, known_from(9, tonumber(ARGV[8])))
 if not epoch then
-  epoch = fresh_epoch
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', epoch, 'head', 0, 'safe', 0)
+  return {fresh, 0, 1, {}, false}
+end
+if create then
+  touch(retention, {meta, stream})
 end
 local head = tonumber(redis.call('HGET', meta, 'head'))
 local safe = redis.call('HGET', meta, 'safe')
@@ -47,4 +50,4 @@ if limit > 0 then
     end
   end
 end
-return {epoch, head, first, entries}
+return {epoch, head, first, entries, head > 0 and nonce_of(stream, head) or false}

@@ -1,0 +1,279 @@
+//! The event log of every room: where events get their ids, where history
+//! is kept, and what a read of it returns. One part of the store (beside the
+//! live feed, `feed.rs`, and presence, `presence_store.rs`), with a memory
+//! and a Redis implementation that keep the same semantics:
+//!
+//! - `append` stores events under the room's next ids (1, 2, 3, … with no
+//!   holes), in the order given, remembers each `ref` for five minutes so
+//!   that a retry gets the same answer, and hands the events to the live
+//!   feed in id order;
+//! - a room's history keeps the newest `--history` events and has an epoch,
+//!   which changes when numbering began again (history lost) or when the
+//!   store's head went back behind an id that was handed out (a restart from
+//!   an older snapshot): an id never names two events within one epoch.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+
+use crate::error::{Error, ErrorCode};
+use crate::fields::{Ref, Room, Text, User};
+use crate::protocol::Frame;
+
+/// How long a `ref` is remembered, so that a retried send is stored once.
+pub const REF_MEMORY: Duration = Duration::from_secs(5 * 60);
+
+/// The identity of a room's history; ids mean something only within one epoch.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Epoch(Arc<str>);
+
+impl Epoch {
+    /// A fresh epoch: eight random characters of `0-9a-z`.
+    pub fn random() -> Epoch {
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let s: String = (0..8)
+            .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+            .collect();
+        Epoch(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Epoch {
+    fn from(s: String) -> Epoch {
+        Epoch(s.into())
+    }
+}
+
+impl From<&str> for Epoch {
+    fn from(s: &str) -> Epoch {
+        Epoch(s.into())
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// A place in a room's history: an id within an epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub epoch: Epoch,
+    pub id: u64,
+}
+
+/// What a reader has seen of a room: the highest id handed out in an epoch,
+/// and the nonce of the event under it, when known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub epoch: Epoch,
+    pub id: u64,
+    pub nonce: Option<u32>,
+}
+
+/// A stored event: its id and its frame, encoded once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub id: u64,
+    pub frame: Frame,
+    /// A random number the event got when it was stored: another event
+    /// under the same id (a store that went back and gave the id again) has
+    /// another nonce, so a duplicate can be told from a reuse.
+    pub nonce: u32,
+}
+
+/// A fresh nonce for an event about to be stored.
+pub fn nonce() -> u32 {
+    fastrand::u32(..)
+}
+
+/// What a client asks to add to a room.
+#[derive(Clone, Debug)]
+pub struct Append {
+    pub user: User,
+    pub change: Change,
+    pub reference: Option<Ref>,
+}
+
+/// The kinds of event a client can add.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Message(Text),
+}
+
+/// Where an event was stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub epoch: Epoch,
+    pub id: u64,
+    pub ts: u64,
+}
+
+/// The answer to one append of a batch: stored, or refused by the rules of
+/// the room (the batch as a whole failing is a `StoreError`).
+pub type Outcome = Result<Stored, Error>;
+
+/// Which end of a range a read starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Oldest,
+    Newest,
+}
+
+/// A range of ids to read: those strictly between `after` and `before`, at most
+/// `limit` of them, taken from the `from` end. Events come back oldest first
+/// either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub after: u64,
+    pub before: u64,
+    pub limit: usize,
+    pub from: End,
+}
+
+impl Slice {
+    /// The newest `limit` events after `after`.
+    pub fn newest_after(after: u64, limit: usize) -> Slice {
+        Slice {
+            after,
+            before: u64::MAX,
+            limit,
+            from: End::Newest,
+        }
+    }
+
+    /// The oldest `limit` events after `after`.
+    pub fn oldest_after(after: u64, limit: usize) -> Slice {
+        Slice {
+            after,
+            before: u64::MAX,
+            limit,
+            from: End::Oldest,
+        }
+    }
+
+    /// The newest `limit` events before `before`.
+    pub fn newest_before(before: u64, limit: usize) -> Slice {
+        Slice {
+            after: 0,
+            before,
+            limit,
+            from: End::Newest,
+        }
+    }
+}
+
+/// A read of history, and what the reader already knows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Read {
+    pub slice: Slice,
+    /// What this instance has seen of the room, in the epochs it knows: if
+    /// the store's head is behind what it saw in the store's epoch, or its
+    /// event under that id has another nonce, the store went back (an older
+    /// snapshot) and the read starts a new epoch instead of letting ids be
+    /// given twice.
+    pub known: Vec<Seen>,
+    /// Whether a room that does not exist yet gets its epoch now (joins and
+    /// the live feed's repairs). Reads by clients change nothing.
+    pub create: bool,
+}
+
+impl Read {
+    /// A client's read: creates nothing, knows nothing.
+    pub fn client(slice: Slice) -> Read {
+        Read {
+            slice,
+            known: Vec::new(),
+            create: false,
+        }
+    }
+}
+
+/// The answer to a read: the events and where they stand in the room's history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    pub epoch: Epoch,
+    /// The room's last id in this epoch (0 when nothing was published yet).
+    pub head: u64,
+    /// The oldest id still in history (`head + 1` when history is empty).
+    pub first: u64,
+    /// Oldest first.
+    pub events: Vec<Event>,
+    /// The nonce of the event at `head`, when history has it.
+    pub head_nonce: Option<u32>,
+}
+
+impl Page {
+    /// Whether events after `after` existed but are missing from this page
+    /// because history no longer has them (the page itself may still be cut
+    /// short by its limit; that is for the caller to judge).
+    pub fn trimmed_after(&self, after: u64) -> bool {
+        after < self.head && self.first > after.saturating_add(1)
+    }
+
+    /// Whether older events than this page's exist in history.
+    pub fn more_before(&self) -> bool {
+        self.events.first().is_some_and(|e| e.id > self.first)
+    }
+
+    /// Whether newer events than this page's exist.
+    pub fn more_after(&self) -> bool {
+        self.events.last().is_some_and(|e| e.id < self.head)
+    }
+}
+
+/// The store could not answer; the client may retry.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(_: StoreError) -> Error {
+        Error::new(
+            ErrorCode::Unavailable,
+            "the message store did not answer in time; retry (with the same ref for a send)",
+        )
+    }
+}
+
+/// The event log, as the rest of parlor uses it.
+pub trait Log: Send + Sync {
+    /// Stores `batch` in `room`, in order, in one step: the events of one
+    /// batch take consecutive ids (refused ones take none). `known` is what
+    /// this instance has seen of the room (see `Read::known`).
+    fn append<'a>(
+        &'a self,
+        room: &'a Room,
+        batch: &'a [Append],
+        known: &'a [Seen],
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>>;
+
+    /// Reads part of a room's history.
+    fn read<'a>(&'a self, room: &'a Room, read: Read) -> BoxFuture<'a, Result<Page, StoreError>>;
+
+    /// Whether the log answers now.
+    fn is_ready(&self) -> bool;
+
+    /// One line for the log at start: which store this is.
+    fn describe(&self) -> String;
+}
+
+/// Milliseconds since the Unix epoch, the `ts` of a stored event.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

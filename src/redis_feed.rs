@@ -1,0 +1,773 @@
+//! The live feed from Redis: sharded Pub/Sub, one connection per node that
+//! owns slots, each room subscribed with its own `SSUBSCRIBE` on the node
+//! that owns the room's slot.
+//!
+//! The set of rooms this instance wants is the truth, kept here, not in a
+//! client library: after a connection drops, a node says `sunsubscribe`
+//! without being asked (its slots moved, as in a failover), or a
+//! subscription is refused (`MOVED`), the room is subscribed again where
+//! the topology now says it lives, and the rooms are told to repair from
+//! their streams (`FeedEvent::Repair`), so nothing published meanwhile is
+//! skipped. Every few seconds the topology is read again and every
+//! subscription asserted again, which catches what no event announced.
+//!
+//! The connections speak RESP2 in subscribed mode, whose replies are flat
+//! arrays, so the little reader here is all the protocol they need.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_std::io::{BufReader, ReadExt, WriteExt};
+use async_std::net::TcpStream;
+use futures_lite::{AsyncBufReadExt, FutureExt};
+
+use futures_util::future::BoxFuture;
+
+use crate::feed::{Delivery, Feed, FeedEvent, Signal};
+use crate::fields::Room;
+use crate::log::{Epoch, Event, StoreError};
+use crate::redis::Redis;
+use crate::redis_keys::Keys;
+use crate::topology::{slot_of, Topology};
+
+/// How often unplaced rooms are retried and the topology may be re-read.
+const TICK: Duration = Duration::from_millis(100);
+/// How often every subscription is asserted again.
+const REASSERT: Duration = Duration::from_secs(5);
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A reply line or payload larger than this ends the connection: nothing
+/// parlor publishes comes near it.
+const MAX_REPLY: usize = 16 << 20;
+
+/// How many feed events wait for the rooms before the links wait.
+const CAPACITY: usize = 1024;
+
+enum Command {
+    Subscribe(Room, async_channel::Sender<Result<(), StoreError>>),
+    Unsubscribe(Room),
+}
+
+/// The rooms' handle on the feed task.
+pub struct RedisFeed {
+    redis: Arc<Redis>,
+    commands: async_channel::Sender<Command>,
+}
+
+impl RedisFeed {
+    /// Starts the feed task; returns its handle and the events it delivers.
+    pub fn start(redis: Arc<Redis>) -> (RedisFeed, async_channel::Receiver<FeedEvent>) {
+        let (events, feed) = async_channel::bounded(CAPACITY);
+        let (commands, received) = async_channel::unbounded();
+        let setup = FeedSetup {
+            redis: redis.clone(),
+            events,
+        };
+        async_std::task::spawn(run(setup, received));
+        (RedisFeed { redis, commands }, feed)
+    }
+
+    async fn subscribe_room(&self, room: &Room) -> Result<(), StoreError> {
+        let (reply, answer) = async_channel::bounded(1);
+        let stopped = || StoreError("the live feed task has stopped".into());
+        self.commands
+            .send(Command::Subscribe(room.clone(), reply))
+            .await
+            .map_err(|_| stopped())?;
+        match async_std::future::timeout(self.redis.timeout, answer.recv()).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => Err(StoreError(format!("subscribing to room {room} timed out"))),
+        }
+    }
+
+    /// Publishes a signal on the room's channel as `~origin frame`; the `~`
+    /// sets it apart from events, whose payload starts with their epoch.
+    async fn publish_signal(&self, signal: Signal) -> Result<(), StoreError> {
+        let payload = format!("~{} {}", signal.origin, signal.frame.as_str());
+        let channel = self.redis.keys.channel(&signal.room);
+        let mut publish = redis::cmd("SPUBLISH");
+        publish.arg(&channel).arg(payload);
+        let mut conn = self.redis.commands.clone();
+        self.redis
+            .bounded("signal", conn.on_slot::<i64>(&publish, slot_of(&channel)))
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Feed for RedisFeed {
+    fn subscribe<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.subscribe_room(room))
+    }
+
+    fn unsubscribe(&self, room: &Room) {
+        let _ = self.commands.try_send(Command::Unsubscribe(room.clone()));
+    }
+
+    fn signal(&self, signal: Signal) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.publish_signal(signal))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.redis.health.feed_ready()
+    }
+}
+
+/// What the feed task works with.
+struct FeedSetup {
+    redis: Arc<Redis>,
+    events: async_channel::Sender<FeedEvent>,
+}
+
+/// A room this instance wants, and where it stands.
+#[derive(Default)]
+struct Want {
+    /// The link its `SSUBSCRIBE` went out on.
+    link: Option<u64>,
+    subscribed: bool,
+    /// Subscribed before: a new subscription may have missed messages.
+    ever: bool,
+    waiters: Vec<async_channel::Sender<Result<(), StoreError>>>,
+}
+
+/// One connection to one node.
+struct Link {
+    id: u64,
+    addr: String,
+    stream: TcpStream,
+    /// Requests in the order sent; each gets one reply, in order.
+    pending: VecDeque<Pending>,
+    /// Channels subscribed on it, as the node last counted them.
+    count: i64,
+}
+
+enum Pending {
+    Subscribe(Room),
+    Unsubscribe(Room),
+}
+
+enum LinkEvent {
+    Subscribed(u64, Room, i64),
+    Unsubscribed(u64, Room, i64),
+    Refused(u64, String),
+    Closed(u64, String),
+}
+
+enum Wake {
+    Command(Option<Command>),
+    Link(LinkEvent),
+    Tick,
+}
+
+async fn run(setup: FeedSetup, commands: async_channel::Receiver<Command>) {
+    let (link_tx, link_rx) = async_channel::unbounded();
+    let mut feed = FeedTask {
+        setup,
+        wanted: HashMap::new(),
+        links: HashMap::new(),
+        link_tx,
+        next_link: 0,
+        stale: true,
+        retry_at: Instant::now(),
+        backoff: RETRY_MIN,
+        reasserted: Instant::now(),
+        outage: false,
+    };
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        let event = async { Wake::Command(commands.recv().await.ok()) }
+            .or(async {
+                match link_rx.recv().await {
+                    Ok(event) => Wake::Link(event),
+                    Err(_) => std::future::pending().await,
+                }
+            })
+            .or(async {
+                async_std::task::sleep(next_tick.saturating_duration_since(Instant::now())).await;
+                Wake::Tick
+            })
+            .await;
+        match event {
+            Wake::Command(None) => return,
+            Wake::Command(Some(Command::Subscribe(room, reply))) => {
+                feed.subscribe(room, reply).await
+            }
+            Wake::Command(Some(Command::Unsubscribe(room))) => feed.unsubscribe(&room).await,
+            Wake::Link(event) => {
+                if !feed.on_link(event).await {
+                    return;
+                }
+            }
+            Wake::Tick => {
+                next_tick = Instant::now() + TICK;
+                if !feed.tick().await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct FeedTask {
+    setup: FeedSetup,
+    wanted: HashMap<Room, Want>,
+    links: HashMap<String, Link>,
+    link_tx: async_channel::Sender<LinkEvent>,
+    next_link: u64,
+    /// The topology may be out of date: read it before placing rooms.
+    stale: bool,
+    retry_at: Instant,
+    backoff: Duration,
+    reasserted: Instant,
+    /// Rooms went unsubscribed: said once, and once when it is over.
+    outage: bool,
+}
+
+impl FeedTask {
+    async fn subscribe(
+        &mut self,
+        room: Room,
+        reply: async_channel::Sender<Result<(), StoreError>>,
+    ) {
+        let want = self.wanted.entry(room.clone()).or_default();
+        if want.subscribed {
+            let _ = reply.try_send(Ok(()));
+            return;
+        }
+        want.waiters.push(reply);
+        if want.link.is_none() {
+            let topology = self.topology();
+            if let Err(e) = self.place(&room, &topology).await {
+                self.unplaced(&room, &e);
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, room: &Room) {
+        let Some(want) = self.wanted.remove(room) else {
+            return;
+        };
+        let mut cmd = redis::cmd("SUNSUBSCRIBE");
+        cmd.arg(self.setup.redis.keys.channel(room));
+        let Some(link) = want.link.and_then(|id| self.link_mut(id)) else {
+            return;
+        };
+        link.pending.push_back(Pending::Unsubscribe(room.clone()));
+        let id = link.id;
+        if send(link, &cmd).await.is_err() {
+            self.close(id, "write failed").await;
+        }
+    }
+
+    /// Sends the room's `SSUBSCRIBE` to the node that owns its slot.
+    async fn place(&mut self, room: &Room, topology: &Topology) -> Result<(), String> {
+        let channel = self.setup.redis.keys.channel(room);
+        let owner = topology
+            .owner(slot_of(&channel))
+            .ok_or("no node owns the room's slot right now")?;
+        let addr = owner.addr.clone();
+        let link = self.connect(&addr).await?;
+        let mut cmd = redis::cmd("SSUBSCRIBE");
+        cmd.arg(&channel);
+        link.pending.push_back(Pending::Subscribe(room.clone()));
+        let id = link.id;
+        if let Err(e) = send(link, &cmd).await {
+            self.close(id, "write failed").await;
+            return Err(e);
+        }
+        if let Some(want) = self.wanted.get_mut(room) {
+            want.link = Some(id);
+        }
+        Ok(())
+    }
+
+    /// The room could not be placed now: whoever waits for it is answered
+    /// (the client may join again), and the tick keeps trying.
+    fn unplaced(&mut self, room: &Room, why: &str) {
+        self.stale = true;
+        if let Some(want) = self.wanted.get_mut(room) {
+            want.link = None;
+            want.subscribed = false;
+            for waiter in want.waiters.drain(..) {
+                let _ = waiter.try_send(Err(StoreError(format!(
+                    "the Redis live feed cannot subscribe room {room} now ({why})"
+                ))));
+            }
+        }
+    }
+
+    /// The link to `addr`, opened if there is none.
+    async fn connect(&mut self, addr: &str) -> Result<&mut Link, String> {
+        if !self.links.contains_key(addr) {
+            let stream = bounded(self.setup.redis.timeout, open(addr, &self.setup)).await?;
+            self.next_link += 1;
+            let id = self.next_link;
+            async_std::task::spawn(read_link(
+                id,
+                stream.clone(),
+                self.setup.redis.keys.clone(),
+                self.link_tx.clone(),
+                self.setup.events.clone(),
+            ));
+            log::debug!("Redis live feed connected to {addr}");
+            self.links.insert(
+                addr.to_owned(),
+                Link {
+                    id,
+                    addr: addr.to_owned(),
+                    stream,
+                    pending: VecDeque::new(),
+                    count: 0,
+                },
+            );
+        }
+        Ok(self.links.get_mut(addr).expect("inserted above"))
+    }
+
+    fn link_mut(&mut self, id: u64) -> Option<&mut Link> {
+        self.links.values_mut().find(|link| link.id == id)
+    }
+
+    /// Returns false when the rooms' feed has gone (shutdown).
+    async fn on_link(&mut self, event: LinkEvent) -> bool {
+        match event {
+            LinkEvent::Subscribed(id, room, count) => {
+                let Some(link) = self.link_mut(id) else {
+                    return true;
+                };
+                if matches!(link.pending.front(), Some(Pending::Subscribe(r)) if *r == room) {
+                    link.pending.pop_front();
+                }
+                let fresh = count > link.count;
+                link.count = count;
+                let Some(want) = self.wanted.get_mut(&room).filter(|w| w.link == Some(id)) else {
+                    return true;
+                };
+                want.subscribed = true;
+                for waiter in want.waiters.drain(..) {
+                    let _ = waiter.try_send(Ok(()));
+                }
+                let repair = want.ever && fresh;
+                want.ever = true;
+                if repair
+                    && self
+                        .setup
+                        .events
+                        .send(FeedEvent::Repair(room))
+                        .await
+                        .is_err()
+                {
+                    return false;
+                }
+            }
+            LinkEvent::Unsubscribed(id, room, count) => {
+                let Some(link) = self.link_mut(id) else {
+                    return true;
+                };
+                link.count = count;
+                if matches!(link.pending.front(), Some(Pending::Unsubscribe(r)) if *r == room) {
+                    link.pending.pop_front();
+                    return true;
+                }
+                // Not asked for: the node no longer serves the room's slot.
+                let addr = link.addr.clone();
+                if self.wanted.get(&room).is_some_and(|w| w.link == Some(id)) {
+                    log::info!("Redis node {addr} dropped room {room}'s subscription (its slot moved); subscribing where it lives now");
+                    self.unplaced(&room, "its slot moved");
+                }
+            }
+            LinkEvent::Refused(id, error) => {
+                let Some(link) = self.link_mut(id) else {
+                    return true;
+                };
+                let addr = link.addr.clone();
+                match link.pending.pop_front() {
+                    Some(Pending::Subscribe(room)) => {
+                        log::info!("Redis node {addr} refused room {room}'s subscription ({error}); reading the topology again");
+                        if self.wanted.get(&room).is_some_and(|w| w.link == Some(id)) {
+                            self.unplaced(&room, &error);
+                        }
+                    }
+                    _ => log::warn!("Redis node {addr} refused a live feed request: {error}"),
+                }
+            }
+            LinkEvent::Closed(id, why) => self.close(id, &why).await,
+        }
+        true
+    }
+
+    /// Forgets the link; its rooms are placed again by the next tick.
+    async fn close(&mut self, id: u64, why: &str) {
+        let Some(addr) = self
+            .links
+            .iter()
+            .find(|(_, link)| link.id == id)
+            .map(|(addr, _)| addr.clone())
+        else {
+            return;
+        };
+        if let Some(link) = self.links.remove(&addr) {
+            let _ = link.stream.shutdown(std::net::Shutdown::Both);
+        }
+        let rooms: Vec<Room> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| w.link == Some(id))
+            .map(|(room, _)| room.clone())
+            .collect();
+        if !rooms.is_empty() {
+            self.setup.redis.health.metrics.redis_reconnect();
+            if !self.outage {
+                log::warn!(
+                    "Redis live feed to {addr} lost ({why}): {} room(s) to subscribe again",
+                    rooms.len()
+                );
+            }
+            self.outage = true;
+        }
+        for room in rooms {
+            self.unplaced(&room, why);
+        }
+        self.stale = true;
+    }
+
+    /// Places rooms that have no subscription, and now and then reads the
+    /// topology and asserts every subscription again. Returns false at
+    /// shutdown.
+    async fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        let unplaced: Vec<Room> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| w.link.is_none())
+            .map(|(room, _)| room.clone())
+            .collect();
+        let reassert = now.duration_since(self.reasserted) >= REASSERT;
+        if (unplaced.is_empty() || now < self.retry_at) && !reassert {
+            return !self.setup.events.is_closed();
+        }
+        if reassert {
+            self.reasserted = now;
+        }
+        if self.stale || reassert {
+            match self.setup.redis.commands.clone().topology().await {
+                Ok(topology) => {
+                    self.setup.redis.health.set_topology(topology);
+                    self.stale = false;
+                }
+                Err(e) => log::debug!("Redis topology unavailable: {e}"),
+            }
+        }
+        let topology = self.topology();
+        let mut failed = 0;
+        for room in &unplaced {
+            if let Err(e) = self.place(room, &topology).await {
+                failed += 1;
+                self.unplaced(room, &e);
+            }
+        }
+        if reassert {
+            self.reassert(&topology).await;
+        }
+        if failed > 0 {
+            self.retry_at = now + self.backoff;
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        } else {
+            self.backoff = RETRY_MIN;
+        }
+        let settled = self.wanted.values().all(|w| w.link.is_some()) && topology.covers_all();
+        if settled && self.outage {
+            self.outage = false;
+            log::info!(
+                "Redis live feed is back: {} room(s) subscribed, and repaired from their streams",
+                self.wanted.len()
+            );
+        }
+        self.setup.redis.health.set_feed(settled);
+        !self.setup.events.is_closed()
+    }
+
+    /// Moves rooms whose slot changed owner, subscribes the others again
+    /// where they are (a no-op for Redis when nothing was lost), and closes
+    /// links that no longer carry anything.
+    async fn reassert(&mut self, topology: &Topology) {
+        let placed: Vec<(Room, u64)> = self
+            .wanted
+            .iter()
+            .filter_map(|(room, w)| Some((room.clone(), w.link?)))
+            .collect();
+        for (room, id) in placed {
+            let channel = self.setup.redis.keys.channel(&room);
+            let owner = topology.owner(slot_of(&channel)).map(|s| s.addr.clone());
+            let Some(link) = self.link_mut(id) else {
+                continue;
+            };
+            let moved = owner.as_deref() != Some(link.addr.as_str());
+            let (verb, pending) = if moved {
+                ("SUNSUBSCRIBE", Pending::Unsubscribe(room.clone()))
+            } else {
+                ("SSUBSCRIBE", Pending::Subscribe(room.clone()))
+            };
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(&channel);
+            link.pending.push_back(pending);
+            if send(link, &cmd).await.is_err() {
+                self.close(id, "write failed").await;
+                continue;
+            }
+            if moved {
+                self.unplaced(&room, "its slot moved");
+                if let Err(e) = self.place(&room, topology).await {
+                    self.unplaced(&room, &e);
+                }
+            }
+        }
+        let idle: Vec<u64> = self
+            .links
+            .values()
+            .filter(|link| link.pending.is_empty() && link.count == 0)
+            .filter(|link| !self.wanted.values().any(|w| w.link == Some(link.id)))
+            .map(|link| link.id)
+            .collect();
+        for id in idle {
+            self.close(id, "no rooms left on it").await;
+        }
+    }
+
+    fn topology(&self) -> Arc<Topology> {
+        self.setup.redis.health.topology()
+    }
+}
+
+/// Opens a connection to `addr` and authenticates it as the URL says.
+async fn open(addr: &str, setup: &FeedSetup) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    if let Some(password) = &setup.redis.password {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(username) = &setup.redis.username {
+            auth.arg(username);
+        }
+        auth.arg(password);
+        stream
+            .write_all(&auth.get_packed_command())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.clone());
+        match read_reply(&mut reader).await? {
+            Reply::Error(e) => return Err(format!("{addr} refused AUTH: {e}")),
+            _ if !reader.buffer().is_empty() => {
+                return Err(format!("{addr}: unexpected data after AUTH"))
+            }
+            _ => {}
+        }
+    }
+    Ok(stream)
+}
+
+async fn send(link: &mut Link, cmd: &redis::Cmd) -> Result<(), String> {
+    link.stream
+        .write_all(&cmd.get_packed_command())
+        .await
+        .map_err(|e| format!("cannot write to {}: {e}", link.addr))
+}
+
+/// Reads one link until it ends: messages go straight to the rooms, in the
+/// order the node sent them; everything else to the feed task.
+async fn read_link(
+    id: u64,
+    stream: TcpStream,
+    keys: Keys,
+    links: async_channel::Sender<LinkEvent>,
+    events: async_channel::Sender<FeedEvent>,
+) {
+    let mut reader = BufReader::new(stream);
+    let why = loop {
+        let reply = match read_reply(&mut reader).await {
+            Ok(reply) => reply,
+            Err(e) => break e,
+        };
+        let event = match reply {
+            Reply::Array(items) => match items.as_slice() {
+                [Reply::Text(kind), Reply::Text(channel), Reply::Text(payload)]
+                    if kind == b"smessage" =>
+                {
+                    let channel = String::from_utf8_lossy(channel);
+                    if let Some(event) = event_of(&keys, &channel, payload) {
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                [Reply::Text(kind), Reply::Text(channel), Reply::Int(count)] => {
+                    let Some(room) = keys.room_of_channel(&String::from_utf8_lossy(channel)) else {
+                        continue;
+                    };
+                    match kind.as_slice() {
+                        b"ssubscribe" => LinkEvent::Subscribed(id, room, *count),
+                        b"sunsubscribe" => LinkEvent::Unsubscribed(id, room, *count),
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            },
+            Reply::Error(e) => LinkEvent::Refused(id, e),
+            _ => continue,
+        };
+        if links.send(event).await.is_err() {
+            return;
+        }
+    };
+    let _ = links.send(LinkEvent::Closed(id, why)).await;
+}
+
+/// A RESP2 reply as a subscribed connection gets them: flat arrays of bulk
+/// strings and integers, or a status or error line.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Text(Vec<u8>),
+    Int(i64),
+    Error(String),
+    Nil,
+    Array(Vec<Reply>),
+}
+
+async fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Reply, String> {
+    let head = read_item(reader).await?;
+    let Reply::Array(mut items) = head else {
+        return Ok(head);
+    };
+    // The length came back in `items[0]` as an Int; see read_item.
+    let Some(Reply::Int(len)) = items.pop() else {
+        return Err("malformed array header".into());
+    };
+    let mut items = Vec::with_capacity(len.clamp(0, 8) as usize);
+    for _ in 0..len.max(0) {
+        match read_item(reader).await? {
+            Reply::Array(_) => return Err("nested arrays are not expected on the live feed".into()),
+            item => items.push(item),
+        }
+    }
+    Ok(Reply::Array(items))
+}
+
+/// Reads one item; an array header comes back as `Array([Int(len)])` for
+/// `read_reply` to fill.
+async fn read_item(reader: &mut BufReader<TcpStream>) -> Result<Reply, String> {
+    let mut line = Vec::new();
+    let n = (&mut *reader)
+        .take(MAX_REPLY as u64)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err("the node closed the connection".into());
+    }
+    let Some(body) = line.strip_suffix(b"\r\n") else {
+        return Err("a reply line without CRLF".into());
+    };
+    let (&kind, rest) = body.split_first().ok_or("an empty reply line")?;
+    let rest = String::from_utf8_lossy(rest);
+    let number = || {
+        rest.parse::<i64>()
+            .map_err(|_| format!("bad number {rest:?}"))
+    };
+    Ok(match kind {
+        b'+' => Reply::Text(rest.as_bytes().to_vec()),
+        b'-' => Reply::Error(rest.into_owned()),
+        b':' => Reply::Int(number()?),
+        b'*' => Reply::Array(vec![Reply::Int(number()?)]),
+        b'$' => {
+            let len = number()?;
+            if len < 0 {
+                return Ok(Reply::Nil);
+            }
+            let len = usize::try_from(len).map_err(|_| "bad length")?;
+            if len > MAX_REPLY {
+                return Err(format!(
+                    "a {len}-byte reply is larger than the feed accepts"
+                ));
+            }
+            let mut data = vec![0; len + 2];
+            reader
+                .read_exact(&mut data)
+                .await
+                .map_err(|e| e.to_string())?;
+            data.truncate(len);
+            Reply::Text(data)
+        }
+        other => return Err(format!("unexpected reply type {:?}", other as char)),
+    })
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    async_std::future::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}
+
+/// Decodes a published payload: `epoch id nonce frame` for an event,
+/// `~origin frame` for a signal.
+fn event_of(keys: &Keys, channel: &str, payload: &[u8]) -> Option<FeedEvent> {
+    let room = keys.room_of_channel(channel)?;
+    let payload = std::str::from_utf8(payload).ok()?;
+    if let Some(signal) = payload.strip_prefix('~') {
+        let (origin, frame) = signal.split_once(' ')?;
+        return Some(FeedEvent::Signal(Signal {
+            room,
+            origin: origin.to_owned(),
+            frame: frame.to_owned().into(),
+        }));
+    }
+    let mut parts = payload.splitn(4, ' ');
+    let epoch = parts.next()?;
+    let id: u64 = parts.next()?.parse().ok()?;
+    let nonce: u32 = parts.next()?.parse().ok()?;
+    let frame = parts.next()?;
+    Some(FeedEvent::Delivery(Delivery {
+        room,
+        epoch: Epoch::from(epoch),
+        event: Event {
+            id,
+            frame: frame.to_owned().into(),
+            nonce,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_decode_into_deliveries_and_signals() {
+        let keys = Keys::new("p");
+        let payload = br#"k3j2xq0a 42 7 {"type":"message","id":42}"#;
+        let Some(FeedEvent::Delivery(d)) = event_of(&keys, "p:{r}:live", payload) else {
+            panic!("a message payload decodes into a delivery");
+        };
+        assert_eq!(
+            (d.room.as_str(), d.epoch.as_str(), d.event.id, d.event.nonce),
+            ("r", "k3j2xq0a", 42, 7)
+        );
+        assert_eq!(d.event.frame.as_str(), r#"{"type":"message","id":42}"#);
+        let payload = br#"~inst/7 {"type":"typing","room":"r","user":"bob"}"#;
+        let Some(FeedEvent::Signal(signal)) = event_of(&keys, "p:{r}:live", payload) else {
+            panic!("a ~ payload decodes into a signal");
+        };
+        assert_eq!(signal.origin, "inst/7");
+        assert_eq!(
+            signal.frame.as_str(),
+            r#"{"type":"typing","room":"r","user":"bob"}"#
+        );
+        assert!(event_of(&keys, "p:{r}:live", b"garbage").is_none());
+    }
+}
