@@ -372,6 +372,7 @@ impl<S: Sink> RoomOrder<S> {
             ));
         }
         let behind = join.stale || join.pos < join.head;
+        let held = join.pending_epoch.as_ref() == Some(&epoch);
         let (slice, phase) = match &cursor {
             _ if behind => (Slice::oldest_after(join.pos, page), Phase::CatchUp),
             // The join's read and the room disagree on the epoch: a repair
@@ -384,7 +385,7 @@ impl<S: Sink> RoomOrder<S> {
             }
             Some(cursor) if cursor.epoch != epoch => (Slice::newest_after(0, cap), Phase::Restart),
             Some(cursor) if join.pos >= cursor.id => return Some(self.go_live(conn, epoch, None)),
-            Some(cursor) if covers(&join.pending, join.pos, cursor.id) => {
+            Some(cursor) if held && covers(&join.pending, join.pos, cursor.id) => {
                 return Some(self.go_live(conn, epoch, Some(cursor.id)))
             }
             Some(_) => (Slice::oldest_after(join.pos, page), Phase::CatchUp),

@@ -249,6 +249,9 @@ struct Slot {
     generation: u64,
     /// What the join in progress asked for.
     asking: Option<Replay>,
+    /// The join in progress is a re-join of a live member whose first read
+    /// has not come back: if it fails, the member must still be live.
+    rejoining: bool,
     /// Joins that went live: where their `replayed` is in the recording,
     /// and what they asked for.
     lived: Vec<(usize, Replay)>,
@@ -290,6 +293,7 @@ impl World {
                     task: Task::Out,
                     generation: 0,
                     asking: None,
+                    rejoining: false,
                     lived: Vec::new(),
                 })
                 .collect(),
@@ -404,9 +408,16 @@ impl World {
                     return;
                 }
                 let conn = self.slots[slot].conn;
+                let rejoining = std::mem::take(&mut self.slots[slot].rejoining);
                 match answer {
                     Err(()) => {
                         let left = self.order.join_failed(conn);
+                        if rejoining {
+                            assert!(
+                                self.order.is_live(conn),
+                                "a failed re-join dropped the membership"
+                            );
+                        }
                         let slot = &mut self.slots[slot];
                         slot.task = if left.was_member && self.order.is_live(conn) {
                             Task::Live
@@ -453,6 +464,7 @@ impl World {
             },
         };
         let slot = &mut self.slots[n];
+        slot.rejoining = slot.task == Task::Live;
         slot.generation += 1;
         slot.task = Task::Reading;
         slot.asking = Some(replay.clone());
