@@ -75,7 +75,7 @@ async fn pipelined_sends_keep_their_order(urls: &[String]) {
             "connection {who}'s sends were stored out of order: {ids:?}"
         );
     }
-    let mut next = vec![0usize; CONNECTIONS];
+    let mut next = [0usize; CONNECTIONS];
     for _ in 0..CONNECTIONS * EACH {
         let (frame, _) = member.recv_type("message").await;
         let (who, n) = frame["text"].as_str().unwrap().split_once(':').unwrap();
