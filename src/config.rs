@@ -249,6 +249,8 @@ pub struct Config {
 impl Config {
     /// Fills in environment variables and defaults, and checks every value.
     /// The error is one line that names the flag and says what it takes.
+    /// Long, but one field per flag in the order of `Flags`: read at once
+    /// as a table, which splitting it would scatter.
     pub fn from_flags(
         flags: Flags,
         env: impl Fn(&str) -> Option<String>,

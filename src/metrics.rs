@@ -44,96 +44,94 @@ struct Inner {
     publish_seconds: Histogram,
 }
 
+/// Registers a metric and hands it back.
+fn add<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
-        let mut registry = Registry::with_prefix("parlor");
-        let connections = Gauge::default();
-        registry.register(
-            "connections",
-            "Open WebSocket connections",
-            connections.clone(),
-        );
-        let joins = Counter::default();
-        registry.register("joins", "Room joins completed", joins.clone());
-        let accepted = Counter::default();
-        registry.register(
-            "messages_accepted",
-            "Messages stored and acked, over WebSocket and HTTP",
-            accepted.clone(),
-        );
-        let refused = Family::<CodeLabel, Counter>::default();
-        registry.register(
-            "requests_refused",
-            "Requests answered with an error, by error code",
-            refused.clone(),
-        );
-        let deliveries = Counter::default();
-        registry.register(
-            "deliveries",
-            "Live messages queued to local connections",
-            deliveries.clone(),
-        );
-        let replays = Counter::default();
-        registry.register("replays", "Join replays completed", replays.clone());
-        let replayed_messages = Counter::default();
-        registry.register(
-            "replayed_messages",
-            "Messages sent in join replays",
-            replayed_messages.clone(),
-        );
-        let truncated_replays = Counter::default();
-        registry.register(
-            "truncated_replays",
-            "Join replays that could not cover everything the client missed",
-            truncated_replays.clone(),
-        );
-        let gap_repairs = Counter::default();
-        registry.register(
-            "gap_repairs",
-            "Times a room's live feed skipped ids and was repaired from history",
-            gap_repairs.clone(),
-        );
-        let slow_closes = Counter::default();
-        registry.register(
-            "slow_reader_closes",
-            "Connections closed with 1013 because they fell too far behind",
-            slow_closes.clone(),
-        );
-        let redis_errors = Counter::default();
-        registry.register(
-            "redis_errors",
-            "Redis calls that failed or timed out",
-            redis_errors.clone(),
-        );
-        let redis_reconnects = Counter::default();
-        registry.register(
-            "redis_feed_reconnects",
-            "Times the Redis live feed connected again after losing its connection",
-            redis_reconnects.clone(),
-        );
-        let publish_seconds = Histogram::new([
+        let mut r = Registry::with_prefix("parlor");
+        let counter = Counter::default;
+        let publish_buckets = [
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ]);
-        registry.register(
-            "publish_seconds",
-            "Time to store a message, from request to ack",
-            publish_seconds.clone(),
-        );
+        ];
         Metrics(Arc::new(Inner {
-            registry,
-            connections,
-            joins,
-            accepted,
-            refused,
-            deliveries,
-            replays,
-            replayed_messages,
-            truncated_replays,
-            gap_repairs,
-            slow_closes,
-            redis_errors,
-            redis_reconnects,
-            publish_seconds,
+            connections: add(
+                &mut r,
+                "connections",
+                "Open WebSocket connections",
+                Gauge::default(),
+            ),
+            joins: add(&mut r, "joins", "Room joins completed", counter()),
+            accepted: add(
+                &mut r,
+                "messages_accepted",
+                "Messages stored and acked, over WebSocket and HTTP",
+                counter(),
+            ),
+            refused: add(
+                &mut r,
+                "requests_refused",
+                "Requests answered with an error, by error code",
+                Family::default(),
+            ),
+            deliveries: add(
+                &mut r,
+                "deliveries",
+                "Live messages queued to local connections",
+                counter(),
+            ),
+            replays: add(&mut r, "replays", "Join replays completed", counter()),
+            replayed_messages: add(
+                &mut r,
+                "replayed_messages",
+                "Messages sent in join replays",
+                counter(),
+            ),
+            truncated_replays: add(
+                &mut r,
+                "truncated_replays",
+                "Join replays that could not cover everything the client missed",
+                counter(),
+            ),
+            gap_repairs: add(
+                &mut r,
+                "gap_repairs",
+                "Times a room's live feed skipped ids and was repaired from history",
+                counter(),
+            ),
+            slow_closes: add(
+                &mut r,
+                "slow_reader_closes",
+                "Connections closed with 1013 because they fell too far behind",
+                counter(),
+            ),
+            redis_errors: add(
+                &mut r,
+                "redis_errors",
+                "Redis calls that failed or timed out",
+                counter(),
+            ),
+            redis_reconnects: add(
+                &mut r,
+                "redis_feed_reconnects",
+                "Times the Redis live feed connected again after losing its connection",
+                counter(),
+            ),
+            publish_seconds: add(
+                &mut r,
+                "publish_seconds",
+                "Time to store a message, from request to ack",
+                Histogram::new(publish_buckets),
+            ),
+            registry: r,
         }))
     }
 }

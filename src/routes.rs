@@ -213,47 +213,10 @@ fn page_file(req: &Request<Incoming>, asset: &page::Asset) -> Response<Body> {
 /// Answers a WebSocket handshake and hands the socket to a connection task.
 /// Bad query parameters are refused here, before the upgrade.
 fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    let headers = req.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    let key = match handshake_key(&req) {
+        Ok(key) => key,
+        Err(refusal) => return Ok(*refusal),
     };
-    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(key)
-            if has_token(header::UPGRADE, "websocket")
-                && has_token(header::CONNECTION, "upgrade") =>
-        {
-            key
-        }
-        _ => {
-            let mut response = error_response(&Error::bad_request(
-                "/ws speaks WebSocket: connect with a WebSocket client, such as websocat ws://host:port/ws",
-            ));
-            *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
-            response
-                .headers_mut()
-                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            return Ok(response);
-        }
-    };
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v != "13")
-    {
-        let mut response = error_response(&Error::bad_request(
-            "only WebSocket version 13 is supported",
-        ));
-        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Ok(response);
-    }
     let accept = derive_accept_key(key.as_bytes());
     check_origin(app, &req)?;
     let params = ws_params(app, &req, &Query::parse(req.uri().query())?)?;
@@ -266,48 +229,8 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
             ),
         ));
     }
-
     let upgrading = hyper::upgrade::on(&mut req);
-    let app = app.clone();
-    async_std::task::spawn(async move {
-        let upgraded = match upgrading.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                log::debug!("WebSocket upgrade failed: {e}");
-                return;
-            }
-        };
-        // hyper hands back the TCP stream it served, with any bytes it read
-        // past the request, so tungstenite works on the socket directly.
-        let parts = match upgraded.downcast::<FuturesIo<async_std::net::TcpStream>>() {
-            Ok(parts) => parts,
-            Err(_) => {
-                log::error!("WebSocket upgrade: unexpected connection type");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(WS_READ_BUFFER)
-            .write_buffer_size(0)
-            .max_message_size(Some(app.config.max_frame))
-            .max_frame_size(Some(app.config.max_frame));
-        // Only the bytes hyper read past the request are kept: its read
-        // buffer (8 KiB) is freed here rather than held for the connection's life.
-        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-        let early = read_buf.to_vec();
-        drop(read_buf);
-        let ws = WebSocketStream::from_partially_read(
-            io.into_inner(),
-            early,
-            Role::Server,
-            Some(config),
-        )
-        .await;
-        // A task of its own: this one's state (the upgrade) is freed now,
-        // not carried for the connection's whole life.
-        async_std::task::spawn(connection::serve(app, ws, params));
-    });
-
+    async_std::task::spawn(websocket(app.clone(), upgrading, params));
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -318,6 +241,83 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     Ok(response)
+}
+
+/// The handshake's `Sec-WebSocket-Key`, or the answer to a request that is
+/// not a WebSocket handshake of version 13 (426, saying how to connect).
+fn handshake_key(req: &Request<Incoming>) -> Result<HeaderValue, Box<Response<Body>>> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    let upgrade_required = |message: &'static str, name, value| {
+        let mut response = error_response(&Error::bad_request(message));
+        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+        Box::new(response)
+    };
+    let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade") => key,
+        _ => {
+            return Err(upgrade_required(
+                "/ws speaks WebSocket: connect with a WebSocket client, such as websocat ws://host:port/ws",
+                header::UPGRADE,
+                "websocket",
+            ))
+        }
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return Err(upgrade_required(
+            "only WebSocket version 13 is supported",
+            header::SEC_WEBSOCKET_VERSION,
+            "13",
+        ));
+    }
+    Ok(key.clone())
+}
+
+/// Once hyper hands the connection over: the WebSocket on the raw TCP
+/// stream, served by a connection task of its own.
+async fn websocket(app: Arc<App>, upgrading: hyper::upgrade::OnUpgrade, params: Params) {
+    let upgraded = match upgrading.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            log::debug!("WebSocket upgrade failed: {e}");
+            return;
+        }
+    };
+    // hyper hands back the TCP stream it served, with any bytes it read
+    // past the request, so tungstenite works on the socket directly.
+    let Ok(parts) = upgraded.downcast::<FuturesIo<async_std::net::TcpStream>>() else {
+        log::error!("WebSocket upgrade: unexpected connection type");
+        return;
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(app.config.max_frame))
+        .max_frame_size(Some(app.config.max_frame));
+    // Only the bytes hyper read past the request are kept: its read buffer
+    // (8 KiB) is freed here rather than held for the connection's life.
+    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+    let early = read_buf.to_vec();
+    drop(read_buf);
+    let ws =
+        WebSocketStream::from_partially_read(io.into_inner(), early, Role::Server, Some(config))
+            .await;
+    // A task of its own: this one's state (the upgrade) is freed now, not
+    // carried for the connection's whole life.
+    async_std::task::spawn(connection::serve(app, ws, params));
 }
 
 /// The token of an `Authorization: Bearer …` header.
