@@ -161,21 +161,7 @@ fn decode_request(mut object: Map<String, Value>, limits: &Limits) -> Result<Req
             let since = fields.integer("since")?;
             let epoch = fields.string("epoch")?;
             let history = fields.integer("history")?;
-            let replay = match (since, history) {
-                (Some(_), Some(_)) => {
-                    return Err(Error::bad_request("give since or history, not both"))
-                }
-                (Some(since), None) => Replay::Since {
-                    since,
-                    epoch: epoch.map(Epoch::from),
-                },
-                (None, history) => {
-                    if epoch.is_some() {
-                        return Err(Error::bad_request("epoch goes with since"));
-                    }
-                    Replay::Recent(page_size(history, 0, limits, "history")?)
-                }
-            };
+            let replay = replay(since, epoch, history, limits)?;
             Request::Join { room, replay }
         }
         "leave" => Request::Leave {
@@ -218,8 +204,33 @@ fn decode_request(mut object: Map<String, Value>, limits: &Limits) -> Result<Req
     Ok(request)
 }
 
-/// A page size from the client, or the default; `min` is 0 where "none" makes sense.
-fn page_size(value: Option<u64>, min: u64, limits: &Limits, name: &str) -> Result<usize, Error> {
+/// What a join replays, from its `since`, `epoch` and `history`: the one
+/// rule for a `join` frame, the WebSocket URL and the event stream.
+pub fn replay(
+    since: Option<u64>,
+    epoch: Option<String>,
+    history: Option<u64>,
+    limits: &Limits,
+) -> Result<Replay, Error> {
+    match (since, history) {
+        (Some(_), Some(_)) => Err(Error::bad_request("give since or history, not both")),
+        (Some(since), None) => Ok(Replay::Since {
+            since,
+            epoch: epoch.map(Epoch::from),
+        }),
+        (None, _) if epoch.is_some() => Err(Error::bad_request("epoch goes with since")),
+        (None, history) => Ok(Replay::Recent(page_size(history, 0, limits, "history")?)),
+    }
+}
+
+/// A page size from the client, or the default; `min` is 0 where "none"
+/// makes sense. The one rule for `history` and `limit` everywhere.
+pub fn page_size(
+    value: Option<u64>,
+    min: u64,
+    limits: &Limits,
+    name: &str,
+) -> Result<usize, Error> {
     match value {
         None => Ok(limits.default_page),
         Some(n) if n >= min && n <= limits.max_page as u64 => Ok(n as usize),

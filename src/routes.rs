@@ -22,10 +22,10 @@ use crate::auth::Identity;
 use crate::connection::{self, Params};
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Ref, Room, Text, User};
-use crate::log::{Append, Change, Epoch, Slice};
+use crate::log::{Append, Change, Slice};
 use crate::metrics;
 use crate::page;
-use crate::protocol::{self, Replay};
+use crate::protocol;
 
 pub type Body = Full<Bytes>;
 
@@ -382,7 +382,6 @@ fn http_identity(
 }
 
 fn ws_params(app: &App, req: &Request<Incoming>, query: &Query) -> Result<Params, Error> {
-    let limits = &app.limits;
     let token = query.get("token").or_else(|| bearer(req));
     let identity = match app.access.identify(token, query.get("user"))? {
         Some(identity) => identity,
@@ -394,32 +393,11 @@ fn ws_params(app: &App, req: &Request<Incoming>, query: &Query) -> Result<Params
     }
     let since = query.integer("since")?;
     let history = query.integer("history")?;
-    let epoch = query.get("epoch");
+    let epoch = query.get("epoch").map(str::to_owned);
     if room.is_none() && (since.is_some() || epoch.is_some() || history.is_some()) {
         return Err(Error::bad_request("since, epoch and history go with room"));
     }
-    let replay = match (since, history) {
-        (Some(_), Some(_)) => return Err(Error::bad_request("give since or history, not both")),
-        (Some(since), None) => Replay::Since {
-            since,
-            epoch: epoch.map(|e| Epoch::from(e.to_owned())),
-        },
-        (None, history) => {
-            if epoch.is_some() {
-                return Err(Error::bad_request("epoch goes with since"));
-            }
-            match history {
-                None => Replay::Recent(limits.default_page),
-                Some(n) if n as usize <= limits.max_page => Replay::Recent(n as usize),
-                Some(_) => {
-                    return Err(Error::bad_request(format!(
-                        "history must be from 0 to {}",
-                        limits.max_page
-                    )))
-                }
-            }
-        }
-    };
+    let replay = protocol::replay(since, epoch, history, &app.limits)?;
     Ok(Params {
         identity,
         room,
@@ -522,17 +500,7 @@ async fn post_message(
 }
 
 async fn read_messages(app: &Arc<App>, room: Room, query: &Query) -> Result<Response<Body>, Error> {
-    let limits = &app.limits;
-    let limit = match query.integer("limit")? {
-        None => limits.default_page,
-        Some(n) if n >= 1 && n as usize <= limits.max_page => n as usize,
-        Some(_) => {
-            return Err(Error::bad_request(format!(
-                "limit must be from 1 to {}",
-                limits.max_page
-            )))
-        }
-    };
+    let limit = protocol::page_size(query.integer("limit")?, 1, &app.limits, "limit")?;
     let since = query.integer("since")?;
     let before = query.integer("before")?;
     let epoch = query.get("epoch");

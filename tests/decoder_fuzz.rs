@@ -8,6 +8,14 @@ use parlor::protocol::{decode, Limits, Request};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
+/// 2,000 runs of each property, or `PROPTEST_CASES`.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
+
 fn limits() -> Limits {
     Limits {
         max_text_bytes: 4096,
@@ -91,7 +99,7 @@ fn check_accepted(frame: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_text_never_panics(frame in ".{0,300}") {
