@@ -137,7 +137,9 @@ impl RedisLog {
             .arg(Epoch::random().as_str())
             .arg(if replicas == 0 { "now" } else { "later" })
             .arg(self.retention.as_millis() as u64);
-        add_known(&mut invocation, known);
+        // An append checks only the head: reusing ids below it is what
+        // reads and the feed find out; an append could only add one.
+        add_known(&mut invocation, known, false);
         let ts = now_millis();
         let mut ref_keys = 2;
         for append in batch {
@@ -258,7 +260,7 @@ impl RedisLog {
             .arg(Epoch::random().as_str())
             .arg(if read.create { "1" } else { "0" })
             .arg(self.retention.as_millis() as u64);
-        add_known(&mut invocation, &read.known);
+        add_known(&mut invocation, &read.known, true);
         let mut conn = self.redis.commands.clone();
         let (epoch, head, first, entries, head_nonce): (String, u64, u64, Vec<Value>, Value) = self
             .redis
@@ -313,14 +315,15 @@ impl Log for RedisLog {
 }
 
 /// What the caller saw, as the scripts take it: a count, then triples of
-/// epoch, id and nonce (`''` when unknown).
-fn add_known(invocation: &mut redis::ScriptInvocation<'_>, known: &[Seen]) {
+/// epoch, id and nonce (`''` when unknown, or with `nonces` false).
+fn add_known(invocation: &mut redis::ScriptInvocation<'_>, known: &[Seen], nonces: bool) {
     invocation.arg(known.len());
     for seen in known {
+        let nonce = seen.nonce.filter(|_| nonces);
         invocation
             .arg(seen.epoch.as_str())
             .arg(seen.id)
-            .arg(seen.nonce.map_or(String::new(), |n| n.to_string()));
+            .arg(nonce.map_or(String::new(), |n| n.to_string()));
     }
 }
 

@@ -27,13 +27,15 @@ end
 
 -- Whether what a reader saw shows that this store went back (restarted from
 -- an older snapshot, lost its tail): `known` holds triples epoch, id, nonce
--- ('' when unknown) of the highest ids it saw handed out. In this epoch, a
--- head behind one of them, or another event under it, means an id was or
--- would be given twice.
-local function went_back(stream, epoch, head, known)
+-- ('' when unknown, or not to be checked) of the highest ids it saw handed
+-- out. In this epoch, a head behind one of them, or another event under
+-- it, means an id was or would be given twice.
+local function went_back(meta, stream, epoch, known)
+  local head = nil
   for i = 1, #known, 3 do
     if known[i] == epoch then
       local id = tonumber(known[i + 1])
+      head = head or tonumber(redis.call('HGET', meta, 'head'))
       if head < id then
         return true
       end
@@ -64,8 +66,7 @@ local function current_epoch(meta, stream, fresh, create, known)
     redis.call('HSET', meta, 'epoch', fresh, 'head', 0, 'safe', 0)
     return fresh
   end
-  local head = tonumber(redis.call('HGET', meta, 'head'))
-  if went_back(stream, epoch, head, known) then
+  if went_back(meta, stream, epoch, known) then
     redis.call('HSET', meta, 'epoch', fresh)
     return fresh
   end
