@@ -34,6 +34,9 @@ struct Claims {
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rooms: Option<Vec<String>>,
+    /// A moderator may delete anyone's messages.
+    #[serde(default, rename = "mod", skip_serializing_if = "std::ops::Not::not")]
+    moderator: bool,
 }
 
 /// A client as its token describes it.
@@ -41,6 +44,8 @@ struct Claims {
 pub struct Identity {
     pub user: User,
     rooms: Option<Vec<String>>,
+    /// The token says `"mod": true`: the user may delete others' messages.
+    pub moderator: bool,
     /// When the token stops being good, in seconds since the Unix epoch.
     pub expires: u64,
 }
@@ -51,6 +56,7 @@ impl Identity {
         Identity {
             user: User::guest(),
             rooms: None,
+            moderator: false,
             expires: u64::MAX,
         }
     }
@@ -119,6 +125,7 @@ impl Access {
                 Some(user) => Some(Identity {
                     user: User::parse(user)?,
                     rooms: None,
+                    moderator: false,
                     expires: u64::MAX,
                 }),
             }),
@@ -147,23 +154,29 @@ impl Verifier {
         Ok(Identity {
             user,
             rooms: claims.rooms,
+            moderator: claims.moderator,
             expires: claims.exp,
         })
     }
 }
 
-/// Signs a token for `sub`, good for `ttl`, limited to `rooms` when given.
-pub fn issue(
-    secret: &str,
-    sub: &str,
-    rooms: Option<Vec<String>>,
-    ttl: Duration,
-) -> Result<String, String> {
-    User::parse(sub).map_err(|e| format!("--sub: {}", e.message))?;
+/// What a token says of its user.
+pub struct Grant {
+    pub sub: String,
+    /// Rooms (or prefixes ending in `*`) the user may use; `None`: every room.
+    pub rooms: Option<Vec<String>>,
+    pub moderator: bool,
+    pub ttl: Duration,
+}
+
+/// Signs a token for a grant.
+pub fn issue(secret: &str, grant: Grant) -> Result<String, String> {
+    User::parse(&grant.sub).map_err(|e| format!("--sub: {}", e.message))?;
     let claims = Claims {
-        sub: sub.to_owned(),
-        exp: now_secs() + ttl.as_secs(),
-        rooms,
+        sub: grant.sub,
+        exp: now_secs() + grant.ttl.as_secs(),
+        rooms: grant.rooms,
+        moderator: grant.moderator,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -209,9 +222,12 @@ mod tests {
     fn a_signed_token_identifies_its_user_and_rooms() {
         let token = issue(
             "s3cret",
-            "alice",
-            Some(vec!["team-*".into(), "lobby".into()]),
-            Duration::from_secs(60),
+            Grant {
+                sub: "alice".into(),
+                rooms: Some(vec!["team-*".into(), "lobby".into()]),
+                moderator: true,
+                ttl: Duration::from_secs(60),
+            },
         )
         .unwrap();
         let access = Access::new(Some("s3cret"));
@@ -219,7 +235,7 @@ mod tests {
             .identify(Some(&token), Some("mallory"))
             .unwrap()
             .unwrap();
-        assert_eq!(who.user.as_str(), "alice");
+        assert_eq!((who.user.as_str(), who.moderator), ("alice", true));
         assert!(who.may(&room("team-red")) && who.may(&room("lobby")));
         assert!(!who.may(&room("lobby2")) && !who.may(&room("other")));
         assert_eq!(
@@ -234,13 +250,20 @@ mod tests {
     #[test]
     fn bad_tokens_are_unauthorized() {
         let access = Access::new(Some("s3cret"));
-        let other_key = issue("other", "alice", None, Duration::from_secs(60)).unwrap();
+        let grant = Grant {
+            sub: "alice".into(),
+            rooms: None,
+            moderator: false,
+            ttl: Duration::from_secs(60),
+        };
+        let other_key = issue("other", grant).unwrap();
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &Claims {
                 sub: "alice".into(),
                 exp: now_secs() - 10,
                 rooms: None,
+                moderator: false,
             },
             &EncodingKey::from_secret(b"s3cret"),
         )
@@ -251,6 +274,7 @@ mod tests {
                 sub: "alice".into(),
                 exp: now_secs() + 60,
                 rooms: None,
+                moderator: false,
             },
             &EncodingKey::from_secret(b"s3cret"),
         )

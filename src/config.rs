@@ -191,6 +191,10 @@ pub struct TokenFlags {
     /// how long the token is good for: 90s, 30m, 1h, 7d [default 1h]
     #[argh(option, default = "String::from(\"1h\")")]
     pub ttl: String,
+
+    /// make the user a moderator, who may delete anyone's messages
+    #[argh(switch, long = "mod")]
+    pub moderator: bool,
 }
 
 /// Which kind of Redis deployment `--redis` points at.

@@ -28,7 +28,7 @@ use crate::bucket::TokenBucket;
 use crate::error::{Error, ErrorCode};
 use crate::feed::Signal;
 use crate::fields::{Ref, Room};
-use crate::log::{Append, Change, Slice, Stored};
+use crate::log::{Append, Change, Marked, Slice, Stored};
 use crate::order::ConnId;
 use crate::outbox::{Closed, Outbox, GOING_AWAY, NORMAL, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
@@ -46,6 +46,9 @@ const ABUSE_RATE: u32 = 10;
 /// Typing frames a connection may send in a burst, and per second after it.
 const SIGNAL_BURST: u32 = 10;
 const SIGNAL_RATE: u32 = 5;
+/// Read markers a connection may send in a burst, and per second after it.
+const MARK_BURST: u32 = 20;
+const MARK_RATE: u32 = 10;
 /// Most sends of one connection in one batch to the store.
 const SENDS_BATCH: usize = 32;
 /// Most sends of one connection in flight and waiting; beyond it the reader
@@ -145,6 +148,8 @@ struct Session {
     sends: TokenBucket,
     /// Typing frames, limited apart from messages so neither starves the other.
     signals: TokenBucket,
+    /// Read markers, limited apart too.
+    marks: TokenBucket,
     abuse: TokenBucket,
     queue: Sends<Pending>,
     /// Boxed and made on the first send: an idle connection carries one
@@ -160,6 +165,7 @@ impl Session {
         Session {
             sends: TokenBucket::new(app.config.rate, app.config.burst),
             signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_BURST),
+            marks: TokenBucket::new(MARK_RATE, MARK_BURST),
             abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
             app,
             id,
@@ -301,13 +307,16 @@ impl Session {
         let decoded = protocol::decode(text, self.default_room.as_ref(), &self.app.limits);
         // Anything but a send waits for the sends before it, so that answers
         // keep the order of requests.
-        if !matches!(
-            decoded,
-            Ok(Decoded {
-                request: Request::Send { .. },
-                ..
-            })
-        ) {
+        let sends = |request: &Request| {
+            matches!(
+                request,
+                Request::Send { .. }
+                    | Request::Edit { .. }
+                    | Request::Delete { .. }
+                    | Request::React { .. }
+            )
+        };
+        if !matches!(&decoded, Ok(Decoded { request, .. }) if sends(request)) {
             self.settle().await?;
         }
         let Decoded { request, reference } = match decoded {
@@ -328,6 +337,28 @@ impl Session {
             Request::Join { room, replay } => self.join(reference, room, replay).await,
             Request::Leave { room } => self.leave(reference, room).await,
             Request::Send { room, text } => self.send(reference, room, Change::Message(text)).await,
+            Request::Edit { room, id, text } => {
+                self.send(reference, room, Change::Edit { target: id, text })
+                    .await
+            }
+            Request::Delete { room, id } => {
+                self.send(reference, room, Change::Delete { target: id })
+                    .await
+            }
+            Request::React {
+                room,
+                id,
+                emoji,
+                on,
+            } => {
+                let change = Change::React {
+                    target: id,
+                    emoji,
+                    on,
+                };
+                self.send(reference, room, change).await
+            }
+            Request::Read { room, id } => self.mark_read(reference, room, id).await,
             Request::History {
                 room,
                 before,
@@ -406,6 +437,7 @@ impl Session {
             user: self.identity.user.clone(),
             change,
             reference: reference.cloned(),
+            moderator: self.identity.moderator,
         };
         if let Some(batch) = self.queue.push(Pending { room, append }) {
             self.storing = Some(store(self.app.clone(), batch));
@@ -453,6 +485,40 @@ impl Session {
         };
         match self.app.store.feed.signal(signal).await {
             Ok(()) => Ok(()),
+            Err(e) => self.refuse(reference, e.into()).await,
+        }
+    }
+
+    /// Moves the user's read marker; answers only when the id is beyond
+    /// the room's last one.
+    async fn mark_read(
+        &mut self,
+        reference: Option<&Ref>,
+        room: Room,
+        id: u64,
+    ) -> Result<(), Closed> {
+        if !self.marks.take() {
+            let error = Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {MARK_RATE} read markers per second; send the latest now and then"
+                ),
+            );
+            return self.refuse(reference, error).await;
+        }
+        let user = self.identity.user.clone();
+        let signal = Signal {
+            origin: self.app.rooms.origin(self.id),
+            frame: protocol::read(&room, &user, id),
+            room: room.clone(),
+        };
+        match self.app.store.log.mark(&room, &user, id, signal).await {
+            Ok(Marked::Beyond) => {
+                let error =
+                    Error::bad_request(format!("id {id} is beyond the last id of room {room}"));
+                self.refuse(reference, error).await
+            }
+            Ok(Marked::Moved | Marked::Unchanged) => Ok(()),
             Err(e) => self.refuse(reference, e.into()).await,
         }
     }

@@ -11,6 +11,7 @@ use crate::error::{Error, ErrorCode};
 
 const NAME_MAX_CHARS: usize = 64;
 const REF_MAX_BYTES: usize = 64;
+const EMOJI_MAX_BYTES: usize = 32;
 
 /// A room name: 1 to 64 characters of `A-Z a-z 0-9 _ - .`, case-sensitive.
 ///
@@ -141,6 +142,30 @@ impl Ref {
     }
 }
 
+/// A reaction's key: 1 to 32 bytes of UTF-8 without whitespace or control
+/// characters (any key, not only an emoji).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Emoji(String);
+
+impl Emoji {
+    pub fn parse(raw: &str) -> Result<Emoji, Error> {
+        let valid = !raw.is_empty()
+            && raw.len() <= EMOJI_MAX_BYTES
+            && !raw.chars().any(|c| c.is_whitespace() || c.is_control());
+        if valid {
+            Ok(Emoji(raw.to_owned()))
+        } else {
+            Err(Error::bad_request(
+                "emoji must be 1 to 32 bytes of UTF-8 without whitespace or control characters",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +218,27 @@ mod tests {
             Text::parse(String::new(), 10).unwrap_err().code,
             ErrorCode::BadRequest
         );
+    }
+
+    #[test]
+    fn emoji_are_short_and_have_no_blanks() {
+        for ok in ["👍", "+1", "🇫🇷", "ok_hand", &"x".repeat(32)] {
+            assert_eq!(Emoji::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "two words",
+            "tab\t",
+            "\u{1}",
+            &"x".repeat(33),
+            &"👍".repeat(9),
+        ] {
+            assert_eq!(
+                Emoji::parse(bad).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   store's head went back behind an id that was handed out (a restart from
 //!   an older snapshot): an id never names two events within one epoch.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 
 use crate::error::{Error, ErrorCode};
-use crate::fields::{Ref, Room, Text, User};
+use crate::fields::{Emoji, Ref, Room, Text, User};
 use crate::protocol::Frame;
 
 /// How long a `ref` is remembered, so that a retried send is stored once.
@@ -100,20 +101,119 @@ pub struct Append {
     pub user: User,
     pub change: Change,
     pub reference: Option<Ref>,
+    /// The user may delete others' messages (a token with `"mod": true`).
+    pub moderator: bool,
 }
 
-/// The kinds of event a client can add.
+/// The kinds of event a client can add. All but a message target a message
+/// of the room (`target`, its id), which must still be in history and not
+/// deleted: only its author may edit it, its author or a moderator delete
+/// it, and anyone react to it.
 #[derive(Clone, Debug)]
 pub enum Change {
     Message(Text),
+    Edit {
+        target: u64,
+        text: Text,
+    },
+    Delete {
+        target: u64,
+    },
+    /// `on`: react; otherwise take the reaction back. Reactions are sets:
+    /// one that changes nothing stores nothing.
+    React {
+        target: u64,
+        emoji: Emoji,
+        on: bool,
+    },
 }
 
-/// Where an event was stored.
+/// A stored event as history keeps it, from which its frames are made.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Message {
+        user: String,
+        text: String,
+    },
+    Edit {
+        user: String,
+        target: u64,
+        text: String,
+    },
+    Delete {
+        user: String,
+        target: u64,
+    },
+    Reaction {
+        user: String,
+        target: u64,
+        emoji: String,
+        on: bool,
+    },
+}
+
+impl Record {
+    /// The record of an append by `user`.
+    pub fn of(user: &User, change: &Change) -> Record {
+        let user = user.as_str().to_owned();
+        match change {
+            Change::Message(text) => Record::Message {
+                user,
+                text: text.as_str().to_owned(),
+            },
+            Change::Edit { target, text } => Record::Edit {
+                user,
+                target: *target,
+                text: text.as_str().to_owned(),
+            },
+            Change::Delete { target } => Record::Delete {
+                user,
+                target: *target,
+            },
+            Change::React { target, emoji, on } => Record::Reaction {
+                user,
+                target: *target,
+                emoji: emoji.as_str().to_owned(),
+                on: *on,
+            },
+        }
+    }
+}
+
+/// What the events after a message made of it, as reads show it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fold {
+    /// The latest text and when it was set, once edited.
+    pub edited: Option<(String, u64)>,
+    pub deleted: bool,
+    /// For each reaction, the users who reacted, sorted, each once.
+    pub reactions: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Fold {
+    pub fn is_empty(&self) -> bool {
+        self.edited.is_none() && !self.deleted && self.reactions.is_empty()
+    }
+}
+
+/// Where an event was stored; `id` is `None` for a reaction that changed
+/// nothing, which stores nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
     pub epoch: Epoch,
-    pub id: u64,
+    pub id: Option<u64>,
     pub ts: u64,
+}
+
+/// What a read marker did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marked {
+    /// The marker moved up; the room's members were told.
+    Moved,
+    /// It was at or beyond this id already.
+    Unchanged,
+    /// The id is beyond the room's last one.
+    Beyond,
 }
 
 /// The answer to one append of a batch: stored, or refused by the rules of
@@ -183,15 +283,23 @@ pub struct Read {
     /// Whether a room that does not exist yet gets its epoch now (joins and
     /// the live feed's repairs). Reads by clients change nothing.
     pub create: bool,
+    /// Whether messages come with what later events made of them (clients'
+    /// reads and replays), or as they were first delivered (repairs of the
+    /// live feed).
+    pub fold: bool,
+    /// The user whose read marker the page carries (a join's).
+    pub marker_of: Option<User>,
 }
 
 impl Read {
-    /// A client's read: creates nothing, knows nothing.
+    /// A client's read: creates nothing, knows nothing, folds.
     pub fn client(slice: Slice) -> Read {
         Read {
             slice,
             known: Vec::new(),
             create: false,
+            fold: true,
+            marker_of: None,
         }
     }
 }
@@ -208,6 +316,8 @@ pub struct Page {
     pub events: Vec<Event>,
     /// The nonce of the event at `head`, when history has it.
     pub head_nonce: Option<u32>,
+    /// The read marker of `Read::marker_of` (0 when none).
+    pub marker: u64,
 }
 
 impl Page {
@@ -262,6 +372,23 @@ pub trait Log: Send + Sync {
 
     /// Reads part of a room's history.
     fn read<'a>(&'a self, room: &'a Room, read: Read) -> BoxFuture<'a, Result<Page, StoreError>>;
+
+    /// Moves `user`'s read marker in `room` up to `id`, and when it moved,
+    /// tells the room's members on every instance with `signal` (a `read`
+    /// frame, sent with the change so that it is told once).
+    fn mark<'a>(
+        &'a self,
+        room: &'a Room,
+        user: &'a User,
+        id: u64,
+        signal: crate::feed::Signal,
+    ) -> BoxFuture<'a, Result<Marked, StoreError>>;
+
+    /// Every read marker of a room, by user.
+    fn markers<'a>(
+        &'a self,
+        room: &'a Room,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, u64>, StoreError>>;
 
     /// Whether the log answers now.
     fn is_ready(&self) -> bool;

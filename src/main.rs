@@ -53,7 +53,13 @@ fn print_token(flags: TokenFlags) -> ExitCode {
             .filter(|r| !r.is_empty())
             .collect()
     });
-    match auth::parse_ttl(&flags.ttl).and_then(|ttl| auth::issue(&secret, &flags.sub, rooms, ttl)) {
+    let grant = |ttl| auth::Grant {
+        sub: flags.sub.clone(),
+        rooms: rooms.clone(),
+        moderator: flags.moderator,
+        ttl,
+    };
+    match auth::parse_ttl(&flags.ttl).and_then(|ttl| auth::issue(&secret, grant(ttl))) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

@@ -267,6 +267,18 @@ impl<S: Sink> RoomOrder<S> {
             slice,
             known,
             create: true,
+            fold: false,
+            marker_of: None,
+        }
+    }
+
+    /// A join's read: as a repair's, but with messages as reads show them
+    /// and the joiner's read marker.
+    fn join_read(&mut self, slice: Slice, user: User) -> Read {
+        Read {
+            fold: true,
+            marker_of: Some(user),
+            ..self.read(slice)
         }
     }
 
@@ -280,6 +292,7 @@ impl<S: Sink> RoomOrder<S> {
     /// Registers `conn` as joining (a live member re-joining stays live
     /// until its first read comes back) and returns the replay's read.
     pub fn join(&mut self, conn: ConnId, sink: S, user: User, replay: Replay) -> Read {
+        let joiner = user.clone();
         let slice = match &replay {
             Replay::Recent(n) => Slice::newest_after(0, *n),
             Replay::Since { since, .. } => Slice::newest_after(*since, self.limits.replay_cap),
@@ -304,7 +317,7 @@ impl<S: Sink> RoomOrder<S> {
                 self.members.insert(conn, member);
             }
         }
-        self.read(slice)
+        self.join_read(slice, joiner)
     }
 
     /// A join's read came back. `None` when `conn` is no longer joining.
@@ -312,6 +325,7 @@ impl<S: Sink> RoomOrder<S> {
         let cap = self.limits.replay_cap;
         let room = self.room.clone();
         let member = self.members.get_mut(&conn)?;
+        let user = member.user.clone();
         if let Some(join) = member.rejoin.take() {
             // The re-join's first answer: from here on it replaces the
             // earlier membership.
@@ -349,7 +363,7 @@ impl<S: Sink> RoomOrder<S> {
                 join.reads += 1;
                 join.asked = slice;
                 self.tell = conflict;
-                Some(JoinPage::Read(self.read(slice)))
+                Some(JoinPage::Read(self.join_read(slice, user)))
             }
         }
     }
@@ -397,7 +411,8 @@ impl<S: Sink> RoomOrder<S> {
         join.pending_epoch = None;
         join.reads += 1;
         join.asked = slice;
-        Some(LiveStep::Read(self.read(slice)))
+        let user = member.user.clone();
+        Some(LiveStep::Read(self.join_read(slice, user)))
     }
 
     /// Makes a joining member live: `replayed`, then the held-back
@@ -726,7 +741,8 @@ impl<S: Sink> RoomOrder<S> {
             .head
             .saturating_sub(self.limits.replay_cap as u64)
             .max(page.first.saturating_sub(1));
-        let joined = protocol::joined(&self.room, &page.epoch);
+        // Read markers start afresh with an epoch.
+        let joined = protocol::joined(&self.room, &page.epoch, page.head, 0);
         for member in self.members.values_mut() {
             match &mut member.state {
                 State::Live { after } => {
@@ -808,7 +824,7 @@ impl Join {
         self.pos_nonce = page.head_nonce.filter(|_| self.pos == page.head);
         self.count += page.events.len();
         let mut frames = Vec::with_capacity(page.events.len() + 1);
-        frames.push(protocol::joined(room, &page.epoch));
+        frames.push(protocol::joined(room, &page.epoch, page.head, page.marker));
         frames.extend(page.events.iter().map(|e| e.frame.clone()));
         frames
     }

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::fields::{Ref, Room, Text, User};
-use crate::log::{Epoch, Event};
+use crate::fields::{Emoji, Ref, Room, Text, User};
+use crate::log::{Epoch, Event, Fold, Record};
 
 /// An encoded server frame: UTF-8 JSON, cheap to clone, so one encoding of a
 /// message is shared by every recipient on this instance.
@@ -42,6 +42,27 @@ pub enum Request {
         room: Room,
         text: Text,
     },
+    Edit {
+        room: Room,
+        id: u64,
+        text: Text,
+    },
+    Delete {
+        room: Room,
+        id: u64,
+    },
+    /// `react` (`on`) and `unreact`.
+    React {
+        room: Room,
+        id: u64,
+        emoji: Emoji,
+        on: bool,
+    },
+    /// A read marker.
+    Read {
+        room: Room,
+        id: u64,
+    },
     History {
         room: Room,
         before: Option<u64>,
@@ -62,6 +83,10 @@ impl Request {
             Request::Join { room, .. }
             | Request::Leave { room }
             | Request::Send { room, .. }
+            | Request::Edit { room, .. }
+            | Request::Delete { room, .. }
+            | Request::React { room, .. }
+            | Request::Read { room, .. }
             | Request::History { room, .. }
             | Request::Typing { room }
             | Request::Presence { room } => room,
@@ -167,16 +192,31 @@ fn decode_request(mut object: Map<String, Value>, limits: &Limits) -> Result<Req
         "leave" => Request::Leave {
             room: fields.room()?,
         },
-        "send" => {
-            let room = fields.room()?;
-            let text = fields
-                .string("text")?
-                .ok_or_else(|| Error::bad_request("missing field `text`"))?;
-            Request::Send {
-                room,
-                text: Text::parse(text, limits.max_text_bytes)?,
-            }
-        }
+        "send" => Request::Send {
+            room: fields.room()?,
+            text: Text::parse(fields.required("text")?, limits.max_text_bytes)?,
+        },
+        "edit" => Request::Edit {
+            room: fields.room()?,
+            id: fields.target()?,
+            text: Text::parse(fields.required("text")?, limits.max_text_bytes)?,
+        },
+        "delete" => Request::Delete {
+            room: fields.room()?,
+            id: fields.target()?,
+        },
+        "react" | "unreact" => Request::React {
+            room: fields.room()?,
+            id: fields.target()?,
+            emoji: Emoji::parse(&fields.required("emoji")?)?,
+            on: kind == "react",
+        },
+        "read" => Request::Read {
+            room: fields.room()?,
+            id: fields
+                .integer("id")?
+                .ok_or_else(|| Error::bad_request("missing field `id`"))?,
+        },
         "history" => {
             let room = fields.room()?;
             let before = fields.integer("before")?;
@@ -195,7 +235,7 @@ fn decode_request(mut object: Map<String, Value>, limits: &Limits) -> Result<Req
         },
         other => {
             return Err(Error::bad_request(format!(
-                "unknown type `{}`; expected join, leave, send, history, typing or presence",
+                "unknown type `{}`; expected join, leave, send, edit, delete, react, unreact, read, history, typing or presence",
                 other.escape_debug()
             )))
         }
@@ -256,6 +296,20 @@ impl Fields<'_> {
         Room::parse(&raw)
     }
 
+    /// The id of the message a request is about.
+    fn target(&mut self) -> Result<u64, Error> {
+        match self.integer("id")? {
+            Some(id) if id > 0 => Ok(id),
+            Some(_) => Err(Error::bad_request("id must be the id of a message, from 1")),
+            None => Err(Error::bad_request("missing field `id`")),
+        }
+    }
+
+    fn required(&mut self, name: &str) -> Result<String, Error> {
+        self.string(name)?
+            .ok_or_else(|| Error::bad_request(format!("missing field `{name}`")))
+    }
+
     fn string(&mut self, name: &str) -> Result<Option<String>, Error> {
         match self.object.remove(name) {
             None | Some(Value::Null) => Ok(None),
@@ -310,38 +364,137 @@ pub fn welcome(user: &User, instance: &str, connection: &str) -> Frame {
     })
 }
 
-pub fn joined(room: &Room, epoch: &Epoch) -> Frame {
+/// `joined`: the room's epoch, its last id, and the user's read marker.
+pub fn joined(room: &Room, epoch: &Epoch, head: u64, read: u64) -> Frame {
     #[derive(Serialize)]
     struct Joined<'a> {
         r#type: &'static str,
         room: &'a str,
         epoch: &'a str,
+        head: u64,
+        read: u64,
     }
     encode(&Joined {
         r#type: "joined",
         room: room.as_str(),
         epoch: epoch.as_str(),
+        head,
+        read,
     })
 }
 
-/// The `message` frame; over HTTP the same object is an element of `messages`.
-pub fn message(room: &Room, id: u64, user: &str, text: &str, ts: u64) -> Frame {
-    let (prefix, suffix) = message_parts(room, user, text, ts);
+/// A JSON string.
+fn string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+/// An event's frame in two parts, before and after its id, so that the
+/// store can put in the id it assigns without encoding the frame again:
+/// the one place where the shape of each stored event is written.
+pub fn event_parts(room: &Room, record: &Record, ts: u64) -> (String, String) {
+    let kind = match record {
+        Record::Message { .. } => "message",
+        Record::Edit { .. } => "edit",
+        Record::Delete { .. } => "delete",
+        Record::Reaction { .. } => "reaction",
+    };
+    // Room names are plain ASCII without quotes or backslashes: no escaping needed.
+    let prefix = format!(r#"{{"type":"{kind}","room":"{room}","id":"#);
+    let suffix = match record {
+        Record::Message { user, text } => {
+            format!(
+                r#","user":{},"text":{},"ts":{ts}}}"#,
+                string(user),
+                string(text)
+            )
+        }
+        Record::Edit { user, target, text } => format!(
+            r#","target":{target},"user":{},"text":{},"ts":{ts}}}"#,
+            string(user),
+            string(text)
+        ),
+        Record::Delete { user, target } => {
+            format!(r#","target":{target},"user":{},"ts":{ts}}}"#, string(user))
+        }
+        Record::Reaction {
+            user,
+            target,
+            emoji,
+            on,
+        } => format!(
+            r#","target":{target},"user":{},"emoji":{},"on":{on},"ts":{ts}}}"#,
+            string(user),
+            string(emoji)
+        ),
+    };
+    (prefix, suffix)
+}
+
+/// An event's frame as it was first delivered.
+pub fn event(room: &Room, id: u64, record: &Record, ts: u64) -> Frame {
+    let (prefix, suffix) = event_parts(room, record, ts);
     format!("{prefix}{id}{suffix}").into()
 }
 
-/// The `message` frame in two parts, before and after its id, so that the
-/// store can put in the id it assigns without encoding the frame again.
-pub fn message_parts(room: &Room, user: &str, text: &str, ts: u64) -> (String, String) {
-    let string = |s: &str| serde_json::to_string(s).expect("strings serialize");
-    // Room names are plain ASCII without quotes or backslashes: no escaping needed.
-    let prefix = format!(r#"{{"type":"message","room":"{room}","id":"#);
-    let suffix = format!(
-        r#","user":{},"text":{},"ts":{ts}}}"#,
+/// A message as reads show it: with its latest text, `edited`, `deleted`
+/// and `reactions` once later events made them so; other events as they
+/// were delivered.
+pub fn folded(room: &Room, id: u64, record: &Record, ts: u64, fold: &Fold) -> Frame {
+    let Record::Message { user, text } = record else {
+        return event(room, id, record, ts);
+    };
+    if fold.is_empty() {
+        return event(room, id, record, ts);
+    }
+    let text = match (&fold.edited, fold.deleted) {
+        (_, true) => "",
+        (Some((latest, _)), false) => latest.as_str(),
+        (None, false) => text.as_str(),
+    };
+    let mut out = format!(
+        r#"{{"type":"message","room":"{room}","id":{id},"user":{},"text":{},"ts":{ts}"#,
         string(user),
         string(text)
     );
-    (prefix, suffix)
+    if let Some((_, at)) = &fold.edited {
+        out.push_str(&format!(r#","edited":{at}"#));
+    }
+    if fold.deleted {
+        out.push_str(r#","deleted":true"#);
+    }
+    if !fold.reactions.is_empty() {
+        let reactions = serde_json::to_string(&fold.reactions).expect("reactions serialize");
+        out.push_str(&format!(r#","reactions":{reactions}"#));
+    }
+    out.push('}');
+    out.into()
+}
+
+/// The `message` frame of a new message; over HTTP the same object is an
+/// element of `messages`.
+pub fn message(room: &Room, id: u64, user: &str, text: &str, ts: u64) -> Frame {
+    let record = Record::Message {
+        user: user.to_owned(),
+        text: text.to_owned(),
+    };
+    event(room, id, &record, ts)
+}
+
+/// The `read` signal: `user` has read `room` up to `id`.
+pub fn read(room: &Room, user: &User, id: u64) -> Frame {
+    #[derive(Serialize)]
+    struct Read<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        user: &'a str,
+        id: u64,
+    }
+    encode(&Read {
+        r#type: "read",
+        room: room.as_str(),
+        user: user.as_str(),
+        id,
+    })
 }
 
 pub fn replayed(room: &Room, count: usize, truncated: bool) -> Frame {
@@ -360,14 +513,16 @@ pub fn replayed(room: &Room, count: usize, truncated: bool) -> Frame {
     })
 }
 
-pub fn ack(reference: Option<&Ref>, room: &Room, id: u64) -> Frame {
+/// `ack`, with the stored event's id (`null` for a reaction that changed
+/// nothing).
+pub fn ack(reference: Option<&Ref>, room: &Room, id: Option<u64>) -> Frame {
     #[derive(Serialize)]
     struct Ack<'a> {
         r#type: &'static str,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
         room: &'a str,
-        id: u64,
+        id: Option<u64>,
     }
     encode(&Ack {
         r#type: "ack",

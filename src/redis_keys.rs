@@ -28,6 +28,14 @@ impl Keys {
         format!("{}:{{{room}}}:stream", self.prefix)
     }
 
+    pub fn fold(&self, room: &Room) -> String {
+        format!("{}:{{{room}}}:fold", self.prefix)
+    }
+
+    pub fn reads(&self, room: &Room) -> String {
+        format!("{}:{{{room}}}:read", self.prefix)
+    }
+
     pub fn presence(&self, room: &Room) -> String {
         format!("{}:{{{room}}}:presence", self.prefix)
     }

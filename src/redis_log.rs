@@ -1,7 +1,9 @@
 //! The Redis event log: history in a Stream per room, ids and epochs in a
-//! small hash, and every change made by one script (`lua/append.lua`) that
-//! stores a whole batch of one room in order and publishes it, so that any
-//! number of instances share rooms through one Redis or one Redis Cluster.
+//! small hash, what later events made of each message in another, and every
+//! change made by one script (`lua/append.lua`) that stores a whole batch of
+//! one room in order, checks each edit, delete and reaction against its
+//! message in the same step, and publishes, so that any number of instances
+//! share rooms through one Redis or one Redis Cluster.
 //!
 //! Replication in Redis is asynchronous, so a replica promoted in a failover
 //! can lack the newest events and would give their ids to others. When the
@@ -10,17 +12,20 @@
 //! shown to reads (the meta's `safe` mark) and acked: nothing anyone has
 //! seen can be lost by a failover.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 
-use crate::fields::Room;
+use crate::error::{Error, ErrorCode};
+use crate::feed::Signal;
+use crate::fields::{Room, User};
 use crate::log::{
-    now_millis, Append, Change, End, Epoch, Event, Log, Outcome, Page, Read, Seen, StoreError,
-    Stored, REF_MEMORY,
+    now_millis, Append, Change, End, Epoch, Event, Fold, Log, Marked, Outcome, Page, Read, Record,
+    Seen, StoreError, Stored, REF_MEMORY,
 };
 use crate::protocol;
 use crate::redis::{Failure, Redis};
@@ -36,6 +41,7 @@ const ANNOUNCE: &str = concat!(
     include_str!("lua/room.lua"),
     include_str!("lua/announce.lua")
 );
+const MARK: &str = concat!(include_str!("lua/room.lua"), include_str!("lua/mark.lua"));
 
 /// How the log is run.
 pub struct LogOptions {
@@ -59,10 +65,19 @@ pub struct RedisLog {
     append: Script,
     read: Script,
     announce: Script,
+    mark: Script,
 }
 
-/// One event as the append script returned it.
-type Answer = (String, u64, u64, Value, Value);
+/// One event as the append script answered: epoch, id, ts, repeat, nonce,
+/// refusal.
+type Answer = (
+    String,
+    Option<u64>,
+    u64,
+    Value,
+    Option<String>,
+    Option<String>,
+);
 
 impl RedisLog {
     pub fn new(redis: Arc<Redis>, options: LogOptions) -> RedisLog {
@@ -80,7 +95,20 @@ impl RedisLog {
             append: Script::new(APPEND),
             read: Script::new(READ),
             announce: Script::new(ANNOUNCE),
+            mark: Script::new(MARK),
         }
+    }
+
+    /// A script invocation with the room's four keys.
+    fn invocation<'a>(&self, script: &'a Script, room: &Room) -> ScriptInvocation<'a> {
+        let keys = &self.redis.keys;
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(keys.meta(room))
+            .key(keys.stream(room))
+            .key(keys.fold(room))
+            .key(keys.reads(room));
+        invocation
     }
 
     /// Stores a batch, repeating the attempt for up to `--redis-retry-ms`
@@ -128,8 +156,7 @@ impl RedisLog {
             .topology()
             .owner(slot)
             .map_or(0, |shard| shard.replicas.min(self.replicas));
-        let mut invocation = self.append.prepare_invoke();
-        invocation.key(keys.meta(room)).key(keys.stream(room));
+        let mut invocation = self.invocation(&self.append, room);
         invocation
             .arg(self.history)
             .arg(REF_MEMORY.as_secs())
@@ -141,27 +168,21 @@ impl RedisLog {
         // reads and the feed find out; an append could only add one.
         add_known(&mut invocation, known, false);
         let ts = now_millis();
-        let mut ref_keys = 2;
+        let mut ref_index = 4;
+        let mut frames = Vec::with_capacity(batch.len());
         for append in batch {
-            let Change::Message(text) = &append.change;
-            let (prefix, suffix) =
-                protocol::message_parts(room, append.user.as_str(), text.as_str(), ts);
-            let ref_index = match &append.reference {
+            let record = Record::of(&append.user, &append.change);
+            let (prefix, suffix) = protocol::event_parts(room, &record, ts);
+            let reference = match &append.reference {
                 Some(reference) => {
                     invocation.key(keys.reference(room, &append.user, reference));
-                    ref_keys += 1;
-                    ref_keys
+                    ref_index += 1;
+                    ref_index
                 }
                 None => 0,
             };
-            invocation
-                .arg(append.user.as_str())
-                .arg(text.as_str())
-                .arg(ts)
-                .arg(crate::log::nonce())
-                .arg(prefix)
-                .arg(suffix)
-                .arg(ref_index);
+            add_event(&mut invocation, append, ts, &prefix, &suffix, reference);
+            frames.push((prefix, suffix));
         }
         let mut conn = self.redis.commands.clone();
         let answers: Vec<Answer> = self
@@ -169,10 +190,14 @@ impl RedisLog {
             .attempt("append", invocation.invoke_async(&mut conn))
             .await?;
         if replicas > 0 {
-            self.replicate(room, batch, &answers, replicas, slot)
+            self.replicate(room, &frames, &answers, replicas, slot)
                 .await?;
         }
-        Ok(answers.into_iter().map(outcome).collect())
+        Ok(answers
+            .into_iter()
+            .zip(batch)
+            .map(|(answer, append)| outcome(answer, append))
+            .collect())
     }
 
     /// After a store that did not publish: `WAIT` for the replicas, then
@@ -181,28 +206,27 @@ impl RedisLog {
     async fn replicate(
         &self,
         room: &Room,
-        batch: &[Append],
+        frames: &[(String, String)],
         answers: &[Answer],
         replicas: usize,
         slot: u16,
     ) -> Result<(), Failure> {
         let mut payloads = Vec::new();
-        for (append, (epoch, id, ts, repeat, nonce)) in batch.iter().zip(answers) {
-            let Change::Message(text) = &append.change;
-            let text = match repeat {
-                Value::Nil => text.as_str().to_owned(),
-                Value::BulkString(stored) if stored != b"gone" => {
-                    String::from_utf8_lossy(stored).into_owned()
-                }
+        for ((prefix, suffix), (epoch, id, _, repeat, nonce, _)) in frames.iter().zip(answers) {
+            let (Some(id), Some(nonce)) = (id, nonce) else {
+                continue;
+            };
+            let frame = match repeat {
+                Value::Nil => format!("{prefix}{id}{suffix}"),
+                Value::Array(fields) => match decode_entry(room, *id, fields) {
+                    Ok((record, ts, _)) => {
+                        protocol::event(room, *id, &record, ts).as_str().to_owned()
+                    }
+                    Err(_) => continue,
+                },
                 _ => continue,
             };
-            let nonce: String = redis::from_redis_value_ref(nonce).unwrap_or_default();
-            let frame = protocol::message(room, *id, append.user.as_str(), &text, *ts);
-            payloads.push((
-                epoch.clone(),
-                *id,
-                format!("{epoch} {id} {nonce} {}", frame.as_str()),
-            ));
+            payloads.push((epoch.clone(), *id, format!("{epoch} {id} {nonce} {frame}")));
         }
         let Some(epoch) = payloads.first().map(|(epoch, _, _)| epoch.clone()) else {
             return Ok(());
@@ -224,11 +248,8 @@ impl RedisLog {
                 nothing_written: false,
             });
         }
-        let mut announce = self.announce.prepare_invoke();
-        announce
-            .key(self.redis.keys.meta(room))
-            .arg(&epoch)
-            .arg(self.redis.keys.channel(room));
+        let mut announce = self.invocation(&self.announce, room);
+        announce.arg(&epoch).arg(self.redis.keys.channel(room));
         for (_, id, payload) in &payloads {
             announce.arg(id).arg(payload);
         }
@@ -245,11 +266,8 @@ impl RedisLog {
         } else {
             slice.before.to_string()
         };
-        let keys = &self.redis.keys;
-        let mut invocation = self.read.prepare_invoke();
+        let mut invocation = self.invocation(&self.read, room);
         invocation
-            .key(keys.meta(room))
-            .key(keys.stream(room))
             .arg(slice.after)
             .arg(before)
             .arg(slice.limit)
@@ -259,10 +277,19 @@ impl RedisLog {
             })
             .arg(Epoch::random().as_str())
             .arg(if read.create { "1" } else { "0" })
-            .arg(self.retention.as_millis() as u64);
+            .arg(self.retention.as_millis() as u64)
+            .arg(if read.fold { "1" } else { "0" })
+            .arg(read.marker_of.as_ref().map_or("", User::as_str));
         add_known(&mut invocation, &read.known, true);
         let mut conn = self.redis.commands.clone();
-        let (epoch, head, first, entries, head_nonce): (String, u64, u64, Vec<Value>, Value) = self
+        let (epoch, head, first, entries, head_nonce, marker): (
+            String,
+            u64,
+            u64,
+            Vec<Value>,
+            Option<String>,
+            u64,
+        ) = self
             .redis
             .bounded("read", invocation.invoke_async(&mut conn))
             .await?;
@@ -275,10 +302,44 @@ impl RedisLog {
             head,
             first,
             events,
-            head_nonce: redis::from_redis_value_ref::<Option<u32>>(&head_nonce)
-                .ok()
-                .flatten(),
+            head_nonce: head_nonce.and_then(|n| n.parse().ok()),
+            marker,
         })
+    }
+
+    async fn mark_read(
+        &self,
+        room: &Room,
+        user: &User,
+        id: u64,
+        signal: Signal,
+    ) -> Result<Marked, StoreError> {
+        let mut invocation = self.invocation(&self.mark, room);
+        invocation
+            .arg(user.as_str())
+            .arg(id)
+            .arg(self.redis.keys.channel(room))
+            .arg(format!("~{} {}", signal.origin, signal.frame.as_str()))
+            .arg(self.retention.as_millis() as u64);
+        let mut conn = self.redis.commands.clone();
+        let answer: String = self
+            .redis
+            .bounded("read marker", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(match answer.as_str() {
+            "moved" => Marked::Moved,
+            "beyond" => Marked::Beyond,
+            _ => Marked::Unchanged,
+        })
+    }
+
+    async fn all_markers(&self, room: &Room) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut conn = self.redis.commands.clone();
+        let mut query = redis::cmd("HGETALL");
+        query.arg(self.redis.keys.reads(room));
+        self.redis
+            .bounded("read markers", query.query_async(&mut conn))
+            .await
     }
 }
 
@@ -294,6 +355,23 @@ impl Log for RedisLog {
 
     fn read<'a>(&'a self, room: &'a Room, read: Read) -> BoxFuture<'a, Result<Page, StoreError>> {
         self.read_page(room, read).boxed()
+    }
+
+    fn mark<'a>(
+        &'a self,
+        room: &'a Room,
+        user: &'a User,
+        id: u64,
+        signal: Signal,
+    ) -> BoxFuture<'a, Result<Marked, StoreError>> {
+        self.mark_read(room, user, id, signal).boxed()
+    }
+
+    fn markers<'a>(
+        &'a self,
+        room: &'a Room,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, u64>, StoreError>> {
+        self.all_markers(room).boxed()
     }
 
     fn is_ready(&self) -> bool {
@@ -316,7 +394,7 @@ impl Log for RedisLog {
 
 /// What the caller saw, as the scripts take it: a count, then triples of
 /// epoch, id and nonce (`''` when unknown, or with `nonces` false).
-fn add_known(invocation: &mut redis::ScriptInvocation<'_>, known: &[Seen], nonces: bool) {
+fn add_known(invocation: &mut ScriptInvocation<'_>, known: &[Seen], nonces: bool) {
     invocation.arg(known.len());
     for seen in known {
         let nonce = seen.nonce.filter(|_| nonces);
@@ -327,36 +405,149 @@ fn add_known(invocation: &mut redis::ScriptInvocation<'_>, known: &[Seen], nonce
     }
 }
 
-fn outcome((epoch, id, ts, _, _): Answer) -> Outcome {
-    Ok(Stored {
-        epoch: Epoch::from(epoch),
-        id,
-        ts,
-    })
+/// One event's eleven values for append.lua.
+fn add_event(
+    invocation: &mut ScriptInvocation<'_>,
+    append: &Append,
+    ts: u64,
+    prefix: &str,
+    suffix: &str,
+    reference: usize,
+) {
+    let (kind, text, target, emoji) = match &append.change {
+        Change::Message(text) => ("m", text.as_str(), 0, ""),
+        Change::Edit { target, text } => ("e", text.as_str(), *target, ""),
+        Change::Delete { target } => ("d", "", *target, ""),
+        Change::React { target, emoji, on } => {
+            (if *on { "r" } else { "u" }, "", *target, emoji.as_str())
+        }
+    };
+    invocation
+        .arg(kind)
+        .arg(append.user.as_str())
+        .arg(text)
+        .arg(target)
+        .arg(emoji)
+        .arg(if append.moderator { "1" } else { "0" })
+        .arg(ts)
+        .arg(crate::log::nonce())
+        .arg(prefix)
+        .arg(suffix)
+        .arg(reference);
 }
 
-/// Decodes one stream entry, `[id, [field, value, …]]`, into an event.
-fn event_of_entry(room: &Room, entry: &Value) -> Result<Event, StoreError> {
-    let bad = || StoreError(format!("room {room}: unexpected stream entry {entry:?}"));
-    let (stream_id, fields): (String, Vec<String>) =
-        redis::from_redis_value_ref(entry).map_err(|_| bad())?;
-    let id: u64 = stream_id
-        .split('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(bad)?;
+fn outcome((epoch, id, ts, _, _, refusal): Answer, append: &Append) -> Outcome {
+    let target = match &append.change {
+        Change::Message(_) => 0,
+        Change::Edit { target, .. } | Change::Delete { target } | Change::React { target, .. } => {
+            *target
+        }
+    };
+    match refusal.as_deref() {
+        Some("not_found") => Err(Error::new(
+            ErrorCode::NotFound,
+            format!("there is no message {target} in this room's history (or it was deleted)"),
+        )),
+        Some(_) => Err(Error::new(
+            ErrorCode::Forbidden,
+            match append.change {
+                Change::Edit { .. } => format!("only its author may edit message {target}"),
+                _ => format!("only its author or a moderator may delete message {target}"),
+            },
+        )),
+        None => Ok(Stored {
+            epoch: Epoch::from(epoch),
+            id,
+            ts,
+        }),
+    }
+}
+
+/// The record, ts and nonce of a stream entry's fields.
+fn decode_entry(room: &Room, id: u64, fields: &[Value]) -> Result<(Record, u64, u32), StoreError> {
+    let bad = || StoreError(format!("room {room}: unexpected stream entry {id}"));
+    let fields: Vec<String> =
+        redis::from_redis_value_ref(&Value::Array(fields.to_vec())).map_err(|_| bad())?;
     let field = |name: &str| {
         fields
             .chunks(2)
             .find(|pair| pair[0] == name)
             .and_then(|pair| pair.get(1))
-            .ok_or_else(bad)
+            .cloned()
     };
-    let ts: u64 = field("ts")?.parse().map_err(|_| bad())?;
-    let nonce: u32 = field("n")?.parse().map_err(|_| bad())?;
+    let need = |name: &str| field(name).ok_or_else(bad);
+    let number = |name: &str| need(name)?.parse::<u64>().map_err(|_| bad());
+    let user = need("user")?;
+    let record = match field("k").as_deref().unwrap_or("m") {
+        "m" => Record::Message {
+            user,
+            text: need("text")?,
+        },
+        "e" => Record::Edit {
+            user,
+            target: number("target")?,
+            text: need("text")?,
+        },
+        "d" => Record::Delete {
+            user,
+            target: number("target")?,
+        },
+        "r" => Record::Reaction {
+            user,
+            target: number("target")?,
+            emoji: need("emoji")?,
+            on: field("on").as_deref() == Some("1"),
+        },
+        _ => return Err(bad()),
+    };
+    let nonce = need("n")?.parse::<u32>().map_err(|_| bad())?;
+    Ok((record, number("ts")?, nonce))
+}
+
+/// What read.lua gives of a message's later events.
+fn decode_fold(fold: &Value) -> Fold {
+    let Ok((text, edited, deleted, reactions)) =
+        redis::from_redis_value_ref::<(String, String, String, Vec<String>)>(fold)
+    else {
+        return Fold::default();
+    };
+    let mut out = Fold {
+        edited: edited.parse().ok().map(|at| (text, at)),
+        deleted: !deleted.is_empty(),
+        ..Fold::default()
+    };
+    for pair in reactions.chunks(2) {
+        if let [emoji, user] = pair {
+            out.reactions
+                .entry(emoji.clone())
+                .or_default()
+                .insert(user.clone());
+        }
+    }
+    out
+}
+
+/// Decodes one entry of read.lua, `[stream id, [field, value, …], fold]`,
+/// into an event, folded when a fold came with it.
+fn event_of_entry(room: &Room, entry: &Value) -> Result<Event, StoreError> {
+    let bad = || StoreError(format!("room {room}: unexpected stream entry {entry:?}"));
+    let Value::Array(parts) = entry else {
+        return Err(bad());
+    };
+    let [stream_id, Value::Array(fields), fold] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let stream_id: String = redis::from_redis_value_ref(stream_id).map_err(|_| bad())?;
+    let id: u64 = stream_id
+        .split('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(bad)?;
+    let (record, ts, nonce) = decode_entry(room, id, fields)?;
+    let fold = decode_fold(fold);
     Ok(Event {
         id,
-        frame: protocol::message(room, id, field("user")?, field("text")?, ts),
+        frame: protocol::folded(room, id, &record, ts, &fold),
         nonce,
     })
 }

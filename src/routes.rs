@@ -1,31 +1,31 @@
-//! The HTTP routes: health, readiness, metrics, the chat page, the message
-//! API, and the WebSocket upgrade at `/ws`.
+//! The HTTP routes: health, readiness, metrics, the chat page, the rooms'
+//! API (`room_api.rs`), and the WebSocket upgrade at `/ws`.
 //!
 //! Every answer that is not a success carries the error body of PROTOCOL.md,
 //! `{"error":{"code":"...","message":"..."}}`, with the status that fits.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use smol_hyper::rt::FuturesIo;
 
 use crate::app::App;
 use crate::auth::Identity;
 use crate::connection::{self, Params};
 use crate::error::{Error, ErrorCode};
-use crate::fields::{Ref, Room, Text, User};
-use crate::log::{Append, Change, Slice};
+use crate::fields::Room;
+use crate::log::Change;
 use crate::metrics;
 use crate::page;
 use crate::protocol;
+use crate::query::Query;
+use crate::room_api;
 
 pub type Body = Full<Bytes>;
 
@@ -105,30 +105,60 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             allow(&req, "GET")?;
             Ok(upgrade(app, req)?)
         }
-        ["rooms", room, "messages"] => {
-            let room = Room::parse(room)?;
-            if req.method() == Method::POST {
-                post_message(app, room, req).await.map_err(Refusal::from)
-            } else {
-                allow(&req, "GET, POST")?;
-                http_identity(app, &req, &room)?;
-                read_messages(app, room, &Query::parse(req.uri().query())?)
-                    .await
-                    .map_err(Refusal::from)
-            }
-        }
-        ["rooms", room, "presence"] => {
-            allow(&req, "GET")?;
-            let room = Room::parse(room)?;
-            http_identity(app, &req, &room)?;
-            let users = app.store.presence.users(&room).await.map_err(Error::from)?;
-            Ok(json(
-                StatusCode::OK,
-                serde_json::json!({ "users": users }).to_string(),
-            ))
-        }
+        ["rooms", room, rest @ ..] => room_route(app, Room::parse(room)?, rest, req).await,
         _ => Err(Error::new(ErrorCode::NotFound, format!("no route for {path}")).into()),
     }
+}
+
+/// The routes of a room: `rest` is the path after `/rooms/{room}/`.
+async fn room_route(
+    app: &Arc<App>,
+    room: Room,
+    rest: &[&str],
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let method = req.method().clone();
+    let response = match (rest, method) {
+        (["messages"], Method::POST) => room_api::post_message(app, room, req).await,
+        (["messages"], Method::GET) => {
+            room_api::identity(app, &req, &room)?;
+            room_api::read_messages(app, room, &Query::parse(req.uri().query())?).await
+        }
+        (["messages"], _) => return Err(refuse_method(&req, "GET, POST")),
+        (["messages", id], Method::PATCH) => {
+            room_api::edit_message(app, room, room_api::message_id(id)?, req).await
+        }
+        (["messages", id], Method::DELETE) => {
+            let change = Change::Delete {
+                target: room_api::message_id(id)?,
+            };
+            room_api::change_message(app, room, change, req).await
+        }
+        (["messages", _], _) => return Err(refuse_method(&req, "PATCH, DELETE")),
+        (["messages", id, "reactions", emoji], Method::PUT | Method::DELETE) => {
+            let change = Change::React {
+                target: room_api::message_id(id)?,
+                emoji: room_api::emoji(emoji)?,
+                on: req.method() == Method::PUT,
+            };
+            room_api::change_message(app, room, change, req).await
+        }
+        (["messages", _, "reactions", _], _) => return Err(refuse_method(&req, "PUT, DELETE")),
+        (["read"], Method::GET) => {
+            room_api::identity(app, &req, &room)?;
+            room_api::markers(app, room).await
+        }
+        (["presence"], Method::GET) => {
+            room_api::identity(app, &req, &room)?;
+            room_api::presence(app, room).await
+        }
+        (["read" | "presence"], _) => return Err(refuse_method(&req, "GET")),
+        _ => Err(Error::new(
+            ErrorCode::NotFound,
+            format!("no route for {}", req.uri().path()),
+        )),
+    };
+    response.map_err(Refusal::from)
 }
 
 /// Refuses a method that the route does not take, naming the ones it does.
@@ -136,13 +166,17 @@ fn allow(req: &Request<Incoming>, methods: &'static str) -> Result<(), Refusal> 
     if methods.split(", ").any(|m| m == req.method().as_str()) {
         return Ok(());
     }
-    Err(Refusal {
+    Err(refuse_method(req, methods))
+}
+
+fn refuse_method(req: &Request<Incoming>, methods: &'static str) -> Refusal {
+    Refusal {
         error: Error::new(
             ErrorCode::MethodNotAllowed,
             format!("{} takes {methods}", req.uri().path()),
         ),
         allow: Some(methods),
-    })
+    }
 }
 
 fn error_response(error: &Error) -> Response<Body> {
@@ -152,7 +186,7 @@ fn error_response(error: &Error) -> Response<Body> {
     )
 }
 
-fn json(status: StatusCode, body: String) -> Response<Body> {
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -320,16 +354,6 @@ async fn websocket(app: Arc<App>, upgrading: hyper::upgrade::OnUpgrade, params: 
     async_std::task::spawn(connection::serve(app, ws, params));
 }
 
-/// The token of an `Authorization: Bearer …` header.
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 /// Refuses a browser page from an origin that `--allowed-origins` does not
 /// list, so that a page on another site cannot open a socket with a user's
 /// credentials. Clients that send no Origin (not browsers) and the page this
@@ -363,26 +387,8 @@ fn check_origin(app: &App, req: &Request<Incoming>) -> Result<(), Error> {
     }
 }
 
-/// Who an HTTP request acts as when auth is on: the token's user, checked
-/// against the room before anything else is read. `None` on an open server,
-/// where the request names its user.
-fn http_identity(
-    app: &App,
-    req: &Request<Incoming>,
-    room: &Room,
-) -> Result<Option<Identity>, Error> {
-    if app.access.is_open() {
-        return Ok(None);
-    }
-    let identity = app.access.identify(bearer(req), None)?;
-    if let Some(identity) = &identity {
-        identity.check(room)?;
-    }
-    Ok(identity)
-}
-
 fn ws_params(app: &App, req: &Request<Incoming>, query: &Query) -> Result<Params, Error> {
-    let token = query.get("token").or_else(|| bearer(req));
+    let token = query.get("token").or_else(|| room_api::bearer(req));
     let identity = match app.access.identify(token, query.get("user"))? {
         Some(identity) => identity,
         None => Identity::guest(),
@@ -403,198 +409,4 @@ fn ws_params(app: &App, req: &Request<Incoming>, query: &Query) -> Result<Params
         room,
         replay,
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PostBody {
-    user: Option<String>,
-    text: String,
-    #[serde(rename = "ref")]
-    reference: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Posted<'a> {
-    room: &'a str,
-    id: u64,
-    ts: u64,
-    epoch: &'a str,
-}
-
-async fn post_message(
-    app: &Arc<App>,
-    room: Room,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Error> {
-    let query = Query::parse(req.uri().query())?;
-    let token_identity = http_identity(app, &req, &room)?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    let declared_json = match content_type.as_deref() {
-        Some("application/json") => true,
-        None | Some("text/plain") | Some("application/x-www-form-urlencoded") => false,
-        Some(other) => {
-            return Err(Error::bad_request(format!(
-                "content type {other} is not taken: send application/json or text/plain"
-            )))
-        }
-    };
-    let max_body = app.config.max_body;
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Error::new(
-                ErrorCode::TooLarge,
-                format!("the body is over {max_body} bytes"),
-            ))
-        }
-        Err(e) => return Err(Error::bad_request(format!("could not read the body: {e}"))),
-    };
-    let body = String::from_utf8(body.to_vec())
-        .map_err(|_| Error::bad_request("the body is not valid UTF-8"))?;
-    // As over WebSocket, a body that is not a JSON object is the text itself:
-    // this is what makes `curl -d 'hello' …?user=bot` work.
-    let (user, text, reference) = if declared_json || body.trim_start().starts_with('{') {
-        let posted: PostBody = serde_json::from_str(&body)
-            .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}")))?;
-        (posted.user, posted.text, posted.reference)
-    } else {
-        (None, body, None)
-    };
-    // With auth on, the token says who this is; a user in the body or query is ignored.
-    let user = match token_identity {
-        Some(identity) => identity.user,
-        None => User::parse(user.as_deref().or(query.get("user")).ok_or_else(|| {
-            Error::bad_request("user is required: give it in the JSON body or as ?user=")
-        })?)?,
-    };
-    let reference = reference.as_deref().or(query.get("ref"));
-    let append = Append {
-        user,
-        change: Change::Message(Text::parse(text, app.config.max_text)?),
-        reference: reference.map(Ref::parse).transpose()?,
-    };
-    let outcome = app.append(&room, std::slice::from_ref(&append)).await?;
-    let stored = outcome
-        .into_iter()
-        .next()
-        .expect("one outcome per append")?;
-    let body = serde_json::to_string(&Posted {
-        room: room.as_str(),
-        id: stored.id,
-        ts: stored.ts,
-        epoch: stored.epoch.as_str(),
-    })
-    .expect("serializes");
-    Ok(json(StatusCode::CREATED, body))
-}
-
-async fn read_messages(app: &Arc<App>, room: Room, query: &Query) -> Result<Response<Body>, Error> {
-    let limit = protocol::page_size(query.integer("limit")?, 1, &app.limits, "limit")?;
-    let since = query.integer("since")?;
-    let before = query.integer("before")?;
-    let epoch = query.get("epoch");
-    if epoch.is_some() && since.is_none() {
-        return Err(Error::bad_request("epoch goes with since"));
-    }
-    let (page, more, truncated) = match (since, before) {
-        (Some(_), Some(_)) => return Err(Error::bad_request("give since or before, not both")),
-        (Some(since), None) => {
-            let mut page = app.read(&room, Slice::oldest_after(since, limit)).await?;
-            let mut truncated = page.trimmed_after(since);
-            if epoch.is_some_and(|e| e != page.epoch.as_str()) {
-                // The ids the client has are from a lost history: start over.
-                page = app.read(&room, Slice::oldest_after(0, limit)).await?;
-                truncated = true;
-            }
-            let more = page.more_after();
-            (page, more, truncated)
-        }
-        (None, before) => {
-            let slice = Slice::newest_before(before.unwrap_or(u64::MAX), limit);
-            let page = app.read(&room, slice).await?;
-            let more = page.more_before();
-            (page, more, false)
-        }
-    };
-    let body = format!(
-        r#"{{"epoch":{},"messages":{},"more":{more},"truncated":{truncated}}}"#,
-        serde_json::to_string(page.epoch.as_str()).expect("serializes"),
-        protocol::message_array(&page.events),
-    );
-    Ok(json(StatusCode::OK, body))
-}
-
-/// A decoded query string. Values must be valid UTF-8 once decoded, and a
-/// name may appear once: a repeated name is ambiguous, so it is refused.
-struct Query(HashMap<String, String>);
-
-impl Query {
-    fn parse(raw: Option<&str>) -> Result<Query, Error> {
-        let mut pairs = HashMap::new();
-        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = decode_component(name)?;
-            let value = decode_component(value)?;
-            if pairs.insert(name.clone(), value).is_some() {
-                return Err(Error::bad_request(format!(
-                    "query parameter {name} is given twice"
-                )));
-            }
-        }
-        Ok(Query(pairs))
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
-    }
-
-    fn integer(&self, name: &str) -> Result<Option<u64>, Error> {
-        self.get(name)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    Error::bad_request(format!("{name} must be a non-negative integer"))
-                })
-            })
-            .transpose()
-    }
-}
-
-fn decode_component(raw: &str) -> Result<String, Error> {
-    let spaced = raw.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| Error::bad_request("the query string is not valid UTF-8 once decoded"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_decodes_percent_and_plus() {
-        let q = Query::parse(Some("user=Zo%C3%AB+K&room=general&since=4")).unwrap();
-        assert_eq!(q.get("user"), Some("Zoë K"));
-        assert_eq!(q.integer("since").unwrap(), Some(4));
-    }
-
-    #[test]
-    fn query_refuses_bad_utf8_repeats_and_bad_numbers() {
-        assert!(Query::parse(Some("user=%FF")).is_err());
-        assert!(Query::parse(Some("a=1&a=2")).is_err());
-        let q = Query::parse(Some("since=-1&limit=99999999999999999999999")).unwrap();
-        assert!(q.integer("since").is_err());
-        assert!(q.integer("limit").is_err());
-    }
 }

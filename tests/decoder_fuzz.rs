@@ -52,6 +52,11 @@ fn request_like() -> impl Strategy<Value = String> {
         Just("join"),
         Just("leave"),
         Just("send"),
+        Just("edit"),
+        Just("delete"),
+        Just("react"),
+        Just("unreact"),
+        Just("read"),
         Just("history"),
         Just("typing"),
         Just("presence"),
@@ -66,6 +71,8 @@ fn request_like() -> impl Strategy<Value = String> {
         Just("history"),
         Just("before"),
         Just("limit"),
+        Just("id"),
+        Just("emoji"),
         Just("extra"),
     ];
     (kind, prop::collection::vec((field, json_value()), 0..6)).prop_map(|(kind, fields)| {
@@ -85,15 +92,22 @@ fn check_accepted(frame: &str) {
             assert!((1..=64).contains(&reference.as_str().len()));
         }
         match decoded.request {
-            Request::Send { room, text } => {
+            Request::Send { room, text } | Request::Edit { room, text, .. } => {
                 assert!(Room::parse(room.as_str()).is_ok());
                 assert!(text.as_str().len() <= 4096 && !text.as_str().trim().is_empty());
+            }
+            Request::Delete { id, .. } => assert!(id >= 1),
+            Request::React { id, emoji, .. } => {
+                assert!(id >= 1);
+                assert!((1..=32).contains(&emoji.as_str().len()));
+                assert!(!emoji.as_str().chars().any(|c| c.is_whitespace() || c.is_control()));
             }
             Request::History { limit, .. } => assert!((1..=1000).contains(&limit)),
             Request::Join { room, .. }
             | Request::Leave { room }
             | Request::Typing { room }
-            | Request::Presence { room } => assert!(Room::parse(room.as_str()).is_ok()),
+            | Request::Presence { room }
+            | Request::Read { room, .. } => assert!(Room::parse(room.as_str()).is_ok()),
         }
     }
 }

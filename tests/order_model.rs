@@ -141,6 +141,7 @@ impl Store {
             first: self.events.first().map_or(self.head + 1, |e| e.id),
             events,
             head_nonce: self.events.last().map(|e| e.nonce),
+            marker: 0,
         }
     }
 

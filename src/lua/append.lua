@@ -1,22 +1,27 @@
 -- Stores a batch of events of one room, in order, in one step: each gets the
 -- room's next id, and unless the caller publishes after waiting for
 -- replicas, is published at once, so live order is history order on every
--- instance.
+-- instance. An edit, delete or reaction is checked against the message it
+-- targets in the same step, so two instances racing on one message cannot
+-- both win.
 --
--- KEYS[1] the room's meta hash   KEYS[2] its stream   KEYS[3..] ref keys
+-- KEYS: the room's four keys (see room.lua), then ref keys.
 -- ARGV: history, ref ttl (s), channel, fresh epoch, 'now' or 'later',
 --       retention (ms), k, then k triples of what the caller saw (see
---       went_back), then 7 values per event: user, text, ts, nonce, frame
---       prefix, frame suffix (the frame is prefix .. id .. suffix), and the
---       index in KEYS of its ref key (0 for none).
--- Returns one {epoch, id, ts, repeat, nonce} per event: repeat is false for a
--- new event; for a ref seen before, the stored text, or 'gone' once
--- trimmed (the caller that publishes itself publishes a repeat again).
-local meta, stream = KEYS[1], KEYS[2]
+--       went_back), then 11 values per event: kind (m, e, d, r or u for a
+--       reaction taken back), user, text, target, emoji, '1' when the user
+--       is a moderator, ts, nonce, frame prefix, frame suffix (the frame is
+--       prefix .. id .. suffix), and the index in KEYS of its ref key (0 for
+--       none).
+-- Returns one {epoch, id, ts, repeat, nonce, refusal} per event: id is false
+-- for a reaction that changed nothing; repeat is false for a new event, and
+-- for a ref seen before the stored event's fields (or 'gone' once trimmed),
+-- which a caller that publishes itself publishes again; refusal is
+-- 'not_found' or 'forbidden' for an event the rules refuse.
 local history, ref_ttl, channel, fresh, publish, retention =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local count = tonumber(ARGV[7])
-local epoch = current_epoch(meta, stream, fresh, true, known_from(8, count))
+local epoch = current_epoch(fresh, true, known_from(8, count))
 
 -- A ref seen before in this epoch: the answer the first attempt got.
 local function repeat_of(ref_key)
@@ -28,44 +33,138 @@ local function repeat_of(ref_key)
   if seen_epoch ~= epoch then
     return nil
   end
-  local entry = redis.call('XRANGE', stream, seen_id .. '-0', seen_id .. '-0')
-  local text, nonce = 'gone', false
-  if #entry > 0 then
-    local fields = entry[1][2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'text' then
-        text = fields[i + 1]
-      elseif fields[i] == 'n' then
-        nonce = fields[i + 1]
-      end
+  if seen_id == '0' then
+    return {epoch, false, tonumber(seen_ts), false, false, false}
+  end
+  local fields, flat = entry_of(seen_id)
+  return {epoch, tonumber(seen_id), tonumber(seen_ts), flat or 'gone', fields and fields.n or false, false}
+end
+
+-- The reactions of a message, as lines, and whether `line` is one of them.
+local function reactions(target, line)
+  local lines = redis.call('HGET', room.fold, 'r:' .. target) or ''
+  return lines, string.find('\n' .. lines .. '\n', '\n' .. line .. '\n', 1, true) ~= nil
+end
+
+-- Checks an event against the message it targets: nil when it may be
+-- stored, 'unchanged' for a reaction that changes nothing, or the refusal.
+local function check(kind, user, target, emoji, moderator)
+  if kind == 'm' then
+    return nil
+  end
+  local message = entry_of(target)
+  if not message or message.k ~= 'm' or redis.call('HEXISTS', room.fold, 'd:' .. target) == 1 then
+    return 'not_found'
+  end
+  local own = message.user == user
+  if kind == 'e' and not own then
+    return 'forbidden'
+  end
+  if kind == 'd' and not own and moderator ~= '1' then
+    return 'forbidden'
+  end
+  if kind == 'r' or kind == 'u' then
+    local _, has = reactions(target, emoji .. '\t' .. user)
+    if has == (kind == 'r') then
+      return 'unchanged'
     end
   end
-  return {epoch, tonumber(seen_id), tonumber(seen_ts), text, nonce}
+  return nil
+end
+
+-- What an event makes of the message it targets.
+local function fold(kind, user, text, target, emoji, ts)
+  if kind == 'e' then
+    redis.call('HSET', room.fold, 't:' .. target, text, 'e:' .. target, ts)
+  elseif kind == 'd' then
+    redis.call('HSET', room.fold, 'd:' .. target, '1')
+  elseif kind == 'r' or kind == 'u' then
+    local line = emoji .. '\t' .. user
+    local lines = reactions(target, line)
+    local kept = {}
+    for each in string.gmatch(lines, '[^\n]+') do
+      if each ~= line then
+        kept[#kept + 1] = each
+      end
+    end
+    if kind == 'r' then
+      kept[#kept + 1] = line
+    end
+    if #kept == 0 then
+      redis.call('HDEL', room.fold, 'r:' .. target)
+    else
+      redis.call('HSET', room.fold, 'r:' .. target, table.concat(kept, '\n'))
+    end
+  end
+end
+
+-- Makes room for one more event: history keeps `history` entries, and what
+-- was made of a message leaves with it.
+local function trim()
+  local over = redis.call('XLEN', room.stream) - history + 1
+  if over <= 0 then
+    return
+  end
+  for _, entry in ipairs(redis.call('XRANGE', room.stream, '-', '+', 'COUNT', over)) do
+    local id = string.match(entry[1], '^(%d+)')
+    redis.call('HDEL', room.fold, 't:' .. id, 'e:' .. id, 'd:' .. id, 'r:' .. id)
+  end
+end
+
+-- Stores one event; returns its answer.
+local function store(kind, user, text, target, emoji, ts, nonce, prefix, suffix)
+  local id = redis.call('HINCRBY', room.meta, 'head', 1)
+  trim()
+  local fields = {'k', kind == 'u' and 'r' or kind, 'user', user, 'ts', ts, 'n', nonce}
+  if kind == 'm' or kind == 'e' then
+    table.insert(fields, 'text')
+    table.insert(fields, text)
+  end
+  if kind ~= 'm' then
+    table.insert(fields, 'target')
+    table.insert(fields, target)
+  end
+  if kind == 'r' or kind == 'u' then
+    table.insert(fields, 'emoji')
+    table.insert(fields, emoji)
+    table.insert(fields, 'on')
+    table.insert(fields, kind == 'r' and '1' or '0')
+  end
+  redis.call('XADD', room.stream, 'MAXLEN', history, id .. '-0', unpack(fields))
+  fold(kind, user, text, target, emoji, ts)
+  if publish == 'now' then
+    redis.call('HSET', room.meta, 'safe', id)
+    redis.call('SPUBLISH', channel, epoch .. ' ' .. id .. ' ' .. nonce .. ' ' .. prefix .. id .. suffix)
+  end
+  return id
 end
 
 local results = {}
 local at = 8 + 3 * count
 while at <= #ARGV do
-  local user, text, ts, nonce, prefix, suffix = ARGV[at], ARGV[at + 1], ARGV[at + 2],
-    ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
-  local ref_key = KEYS[tonumber(ARGV[at + 6])]
-  at = at + 7
+  local kind, user, text, target, emoji, moderator, ts, nonce, prefix, suffix =
+    ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5],
+    ARGV[at + 6], ARGV[at + 7], ARGV[at + 8], ARGV[at + 9]
+  local ref_key = KEYS[tonumber(ARGV[at + 10])]
+  at = at + 11
   local seen = ref_key and repeat_of(ref_key)
   if seen then
     results[#results + 1] = seen
   else
-    local id = redis.call('HINCRBY', meta, 'head', 1)
-    redis.call('XADD', stream, 'MAXLEN', history, id .. '-0',
-      'user', user, 'text', text, 'ts', ts, 'n', nonce)
-    if ref_key then
-      redis.call('SET', ref_key, epoch .. ' ' .. id .. ' ' .. ts, 'EX', ref_ttl)
+    local refusal = check(kind, user, target, emoji, moderator)
+    if refusal == 'not_found' or refusal == 'forbidden' then
+      results[#results + 1] = {epoch, false, tonumber(ts), false, false, refusal}
+    else
+      local id = 0
+      if refusal ~= 'unchanged' then
+        id = store(kind, user, text, target, emoji, ts, nonce, prefix, suffix)
+      end
+      if ref_key then
+        redis.call('SET', ref_key, epoch .. ' ' .. id .. ' ' .. ts, 'EX', ref_ttl)
+      end
+      results[#results + 1] = {epoch, id > 0 and id or false, tonumber(ts), false, id > 0 and nonce or false, false}
     end
-    if publish == 'now' then
-      redis.call('HSET', meta, 'safe', id)
-      redis.call('SPUBLISH', channel, epoch .. ' ' .. id .. ' ' .. nonce .. ' ' .. prefix .. id .. suffix)
-    end
-    results[#results + 1] = {epoch, id, tonumber(ts), false, nonce}
   end
 end
-touch(retention, {meta, stream})
+touch(retention)
 return results

@@ -1,28 +1,36 @@
 #!lua
 -- The rules of a room's keys, shared by every script that touches them: this
--- file is put in front of each (append.lua, read.lua, announce.lua) when
--- parlor is built, so each rule is written once. The `#!lua` line makes
+-- file is put in front of each (append.lua, read.lua, announce.lua, mark.lua)
+-- when parlor is built, so each rule is written once. The `#!lua` line makes
 -- Redis refuse any key or channel outside the room's slot before the first
 -- write, not half-way.
 --
--- A room's meta hash holds `epoch`, `head` (the last id given) and `safe`
--- (the last id that may be shown: published, and on the replicas when the
--- master has any; reads stop there). Its stream holds one entry per event,
--- entry id `<id>-0`, with the event's fields and its nonce `n`.
+-- A room's keys, always KEYS[1] to KEYS[4]:
+--   meta    hash: `epoch`, `head` (the last id given), `safe` (the last id
+--           that may be shown: published, and on the replicas when the
+--           master has any; reads stop there)
+--   stream  one entry per event, entry id `<id>-0`, fields `k` (kind: m
+--           message, e edit, d delete, r reaction), `user`, `text`,
+--           `target`, `emoji`, `on`, `ts` and the nonce `n`
+--   fold    hash: what later events made of each message in history:
+--           `t:<id>` its latest text, `e:<id>` when it was edited, `d:<id>`
+--           deleted, `r:<id>` its reactions, lines `emoji \t user`
+--   read    hash: each user's read marker
+local room = {meta = KEYS[1], stream = KEYS[2], fold = KEYS[3], read = KEYS[4]}
 
--- The nonce of the event under `id`, or nil when history does not have it.
-local function nonce_of(stream, id)
-  local entry = redis.call('XRANGE', stream, id .. '-0', id .. '-0')
+-- The fields of the event under `id` as a table, or nil when history does
+-- not have it.
+local function entry_of(id)
+  local entry = redis.call('XRANGE', room.stream, id .. '-0', id .. '-0')
   if #entry == 0 then
     return nil
   end
-  local fields = entry[1][2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'n' then
-      return fields[i + 1]
-    end
+  local fields, flat = {}, entry[1][2]
+  for i = 1, #flat, 2 do
+    fields[flat[i]] = flat[i + 1]
   end
-  return nil
+  fields.k = fields.k or 'm'
+  return fields, flat
 end
 
 -- Whether what a reader saw shows that this store went back (restarted from
@@ -30,19 +38,19 @@ end
 -- ('' when unknown, or not to be checked) of the highest ids it saw handed
 -- out. In this epoch, a head behind one of them, or another event under
 -- it, means an id was or would be given twice.
-local function went_back(meta, stream, epoch, known)
+local function went_back(epoch, known)
   local head = nil
   for i = 1, #known, 3 do
     if known[i] == epoch then
       local id = tonumber(known[i + 1])
-      head = head or tonumber(redis.call('HGET', meta, 'head'))
+      head = head or tonumber(redis.call('HGET', room.meta, 'head'))
       if head < id then
         return true
       end
       local nonce = known[i + 2]
       if nonce ~= '' then
-        local theirs = nonce_of(stream, id)
-        if theirs and theirs ~= nonce then
+        local theirs = entry_of(id)
+        if theirs and theirs.n ~= nonce then
           return true
         end
       end
@@ -53,21 +61,23 @@ end
 
 -- The room's epoch now, or nil for a room that has none when `create` is
 -- false. A room without an epoch is new, or its history was lost: numbering
--- begins again at 1 under `fresh`, and any stream left behind is
--- meaningless. A store that went back moves to `fresh` too, keeping its
--- history: from then on its ids are named by the new epoch.
-local function current_epoch(meta, stream, fresh, create, known)
-  local epoch = redis.call('HGET', meta, 'epoch')
+-- begins again at 1 under `fresh`, and anything left behind is meaningless.
+-- A store that went back moves to `fresh` too, keeping its history: from
+-- then on its ids are named by the new epoch. Read markers start afresh
+-- with every epoch.
+local function current_epoch(fresh, create, known)
+  local epoch = redis.call('HGET', room.meta, 'epoch')
   if not epoch then
     if not create then
       return nil
     end
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'epoch', fresh, 'head', 0, 'safe', 0)
+    redis.call('DEL', room.stream, room.fold, room.read)
+    redis.call('HSET', room.meta, 'epoch', fresh, 'head', 0, 'safe', 0)
     return fresh
   end
-  if went_back(meta, stream, epoch, known) then
-    redis.call('HSET', meta, 'epoch', fresh)
+  if went_back(epoch, known) then
+    redis.call('DEL', room.read)
+    redis.call('HSET', room.meta, 'epoch', fresh)
     return fresh
   end
   return epoch
@@ -82,9 +92,19 @@ local function known_from(at, count)
   return known
 end
 
+-- The last id that may be shown.
+local function visible_head()
+  local head = tonumber(redis.call('HGET', room.meta, 'head') or '0')
+  local safe = redis.call('HGET', room.meta, 'safe')
+  if safe then
+    head = math.min(head, tonumber(safe))
+  end
+  return head
+end
+
 -- Keeps the room's keys `retention` ms after the last change.
-local function touch(retention, keys)
-  for _, key in ipairs(keys) do
+local function touch(retention)
+  for _, key in ipairs({room.meta, room.stream, room.fold, room.read}) do
     redis.call('PEXPIRE', key, retention)
   end
 end
