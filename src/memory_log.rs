@@ -561,7 +561,7 @@ mod tests {
             assert!(message["edited"].is_u64());
             let delete = by("bob", Change::Delete { target: 1 }, None);
             let refused = log
-                .append(&room("a"), &[delete.clone()], &[])
+                .append(&room("a"), std::slice::from_ref(&delete), &[])
                 .await
                 .unwrap();
             assert_eq!(refused[0].as_ref().unwrap_err().code, ErrorCode::Forbidden);

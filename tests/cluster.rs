@@ -1,7 +1,8 @@
 //! parlor on a Redis Cluster of three masters with a replica each, started
 //! here on free ports: rooms on every shard deliver across instances over
-//! sharded Pub/Sub only, and a master killed or failed over on purpose loses
-//! nothing that was acked, duplicates nothing and never gives one id to two
+//! sharded Pub/Sub only, edits, reactions and read markers work there as on
+//! one Redis, and a master killed or failed over on purpose loses nothing
+//! that was acked, duplicates nothing and never gives one id to two
 //! messages.
 
 mod common;
@@ -60,6 +61,39 @@ async fn rooms_on_every_shard_deliver_across_instances_over_sharded_pubsub() {
             let classic = cluster.nodes[master].cli(&["PUBSUB", "NUMSUB", &channel]);
             assert_eq!(classic.lines().nth(1).unwrap().trim(), "0", "{classic}");
         }
+    }
+}
+
+#[async_std::test]
+async fn events_and_read_markers_on_every_shard() {
+    let cluster = Cluster::start();
+    let a = instance(&cluster);
+    let b = instance(&cluster);
+    for room in cluster.rooms_on_every_shard("events", 1) {
+        let mut members = live_members(&[&a, &b], &room).await;
+        let id = members[0].say(&room, "hello").await;
+        let edit = json!({"type":"edit","room":room,"id":id,"text":"hello, fixed","ref":"e"});
+        assert_eq!(members[0].request(edit).await["type"], "ack");
+        let react = json!({"type":"react","room":room,"id":id,"emoji":"👍","ref":"r"});
+        assert_eq!(members[1].request(react).await["type"], "ack");
+        members[1]
+            .send(json!({"type":"read","room":room,"id":id + 2}))
+            .await;
+        for member in &mut members {
+            let mut kinds = Vec::new();
+            for _ in 0..3 {
+                kinds.push(member.recv().await["type"].as_str().unwrap().to_owned());
+            }
+            assert_eq!(kinds, ["message", "edit", "reaction"], "room {room}");
+        }
+        let (read, _) = members[0].recv_type("read").await;
+        assert_eq!(read["id"], id + 2);
+        let page = common::get(&b.addr, &format!("/rooms/{room}/messages?since=0")).json();
+        let message = &page["messages"][0];
+        assert_eq!(message["text"], "hello, fixed", "room {room}");
+        assert_eq!(message["reactions"], json!({"👍":["member1"]}));
+        let markers = common::get(&a.addr, &format!("/rooms/{room}/read")).json();
+        assert_eq!(markers, json!({"users":{"member1": id + 2}}));
     }
 }
 

@@ -100,7 +100,10 @@ fn check_accepted(frame: &str) {
             Request::React { id, emoji, .. } => {
                 assert!(id >= 1);
                 assert!((1..=32).contains(&emoji.as_str().len()));
-                assert!(!emoji.as_str().chars().any(|c| c.is_whitespace() || c.is_control()));
+                assert!(!emoji
+                    .as_str()
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control()));
             }
             Request::History { limit, .. } => assert!((1..=1000).contains(&limit)),
             Request::Join { room, .. }
