@@ -23,8 +23,9 @@ run: build
 	$(RUN_ENV) ./target/release/parlor
 
 # The tests start redis-server, chromedriver and headless Chromium processes
-# of their own, on free ports.
+# of their own, on free ports, and run the example client (built first).
 test: deps
+	$(CARGO) build --examples
 	$(CARGO) test --all-targets
 
 lint:
