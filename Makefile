@@ -25,8 +25,9 @@ run: build
 # The tests start redis-server, chromedriver and headless Chromium processes
 # of their own, on free ports, and run the example client (built first).
 test: deps
-	$(CARGO) build --examples
+	$(CARGO) build --bins --examples
 	$(CARGO) test --all-targets
+	node --experimental-websocket --test clients/js/test/
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -49,6 +50,8 @@ deps:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || \
+	  { echo "the tests of clients/js need Node.js 20 or later (node --version)"; exit 1; }
 
 # A local Redis for the demo, with an append-only file in target/redis.
 redis:

@@ -154,11 +154,14 @@ async fn connect(args: &Args, position: &mut Position) -> Result<Ws, String> {
         .await
         .map_err(|e| e.to_string())?;
     position.connected = true;
-    let join = match (&position.last_id, &position.epoch) {
-        (Some(since), Some(epoch)) => {
+    // Once the room's epoch is known, a rejoin asks for everything after the
+    // last id seen, even none: what came while away is not lost.
+    let join = match &position.epoch {
+        Some(epoch) => {
+            let since = position.last_id.unwrap_or(0);
             json!({"type":"join","room":args.room,"since":since,"epoch":epoch})
         }
-        _ => json!({"type":"join","room":args.room}),
+        None => json!({"type":"join","room":args.room}),
     };
     send(&mut ws, &join).await?;
     for (_, frame) in &position.unacked {

@@ -1,4 +1,5 @@
-//! The web chat page: three files embedded in the binary and served with
+//! The web chat page: its files (the page, its script and style, the client
+//! library it runs on, its icon) embedded in the binary and served with
 //! their types, a strict Content-Security-Policy and validators for caching.
 //!
 //! The files are revalidated on each load (`no-cache` with an ETag), so a new
@@ -19,7 +20,7 @@ pub struct Asset {
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-const FILES: [(&str, &str, &str); 3] = [
+const FILES: [(&str, &str, &str); 5] = [
     (
         "/",
         include_str!("../web/index.html"),
@@ -34,6 +35,16 @@ const FILES: [(&str, &str, &str); 3] = [
         "/app.css",
         include_str!("../web/app.css"),
         "text/css; charset=utf-8",
+    ),
+    (
+        "/parlor.js",
+        include_str!("../clients/js/parlor.js"),
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/favicon.svg",
+        include_str!("../web/favicon.svg"),
+        "image/svg+xml",
     ),
 ];
 
@@ -71,7 +82,7 @@ mod tests {
 
     #[test]
     fn every_file_has_a_type_and_a_quoted_etag() {
-        for path in ["/", "/app.js", "/app.css"] {
+        for path in ["/", "/app.js", "/app.css", "/parlor.js", "/favicon.svg"] {
             let asset = asset(path).unwrap();
             assert!(!asset.body.is_empty());
             assert!(asset.etag.starts_with('"') && asset.etag.ends_with('"'));

@@ -70,7 +70,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
     match segments.as_slice() {
-        ["" | "app.js" | "app.css"] => {
+        ["" | "app.js" | "app.css" | "parlor.js" | "favicon.svg"] => {
             allow(&req, "GET, HEAD")?;
             let asset = page::asset(&path).expect("the page has these files");
             Ok(page_file(&req, asset))

@@ -359,3 +359,227 @@ async fn with_auth_the_page_takes_its_token_from_the_address() {
     page.say("signed in");
     page.wait_for_text("signed in");
 }
+
+/// The text, edit mark, deleted state and reactions of the message with
+/// `text` (its first words), as the page shows them.
+fn shown(page: &Page, text: &str) -> Value {
+    page.eval(&format!(
+        "const li = [...document.querySelectorAll('#messages li.message')].find(li => li.querySelector('.text').textContent.startsWith({}) || li.dataset.id === {});
+         if (!li) return null;
+         return {{ text: li.querySelector('.text').textContent, edited: !!li.querySelector('.edited'),
+                  deleted: li.classList.contains('deleted'),
+                  reactions: [...li.querySelectorAll('.reaction')].map(b => b.textContent + ' ' + b.title) }};",
+        json!(text),
+        json!(text)
+    ))
+}
+
+/// The id of the message shown with `text`.
+fn id_of(page: &Page, text: &str) -> String {
+    page.eval(&format!(
+        "return [...document.querySelectorAll('#messages li.message')].find(li => li.querySelector('.text').textContent === {}).dataset.id;",
+        json!(text)
+    ))
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+#[async_std::test]
+async fn edits_deletes_reactions_and_unread_counts_across_instances_and_a_restart() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let port_a = free_port();
+    let mut a = Server::start_on(port_a, &["--redis", &url]);
+    let b = Server::start(&["--redis", &url]);
+    let driver = Driver::start();
+    let one = driver.page("events-one");
+    let two = driver.page("events-two");
+    one.open(&format!("http://{}/", a.addr));
+    two.open(&format!("http://{}/", b.addr));
+    one.log_in("ana");
+    two.log_in("ben");
+    one.say("helo world");
+    two.wait_for_text("helo world");
+    let id = id_of(&one, "helo world");
+
+    // Ana fixes her typo; both pages show the new text, marked edited.
+    one.eval(&format!(
+        "document.querySelector('#messages li[data-id=\"{id}\"] .edit').click();"
+    ));
+    one.wait_for("the editor", "document.querySelector('.editor textarea')");
+    one.eval("const t = document.querySelector('.editor textarea'); t.value = 'hello world'; t.form.requestSubmit();");
+    for page in [&one, &two] {
+        page.wait_for_text("hello world");
+        assert_eq!(shown(page, "hello world")["edited"], true);
+    }
+    // Ben cannot edit it: his page offers no Edit on Ana's message.
+    assert_eq!(
+        two.eval(&format!(
+            "return !!document.querySelector('#messages li[data-id=\"{id}\"] .edit');"
+        )),
+        json!(false)
+    );
+
+    // Ben reacts from the picker; Ana adds hers by clicking the reaction.
+    two.eval(&format!(
+        "document.querySelector('#messages li[data-id=\"{id}\"] .pick').click();"
+    ));
+    one.wait_for(
+        "ben's reaction",
+        &format!("document.querySelector('#messages li[data-id=\"{id}\"] .reaction')"),
+    );
+    one.eval(&format!(
+        "document.querySelector('#messages li[data-id=\"{id}\"] .reaction').click();"
+    ));
+    for page in [&one, &two] {
+        page.wait_for("both reactions", &format!("document.querySelector('#messages li[data-id=\"{id}\"] .reaction')?.textContent === '👍 2'"));
+        assert_eq!(
+            shown(page, "hello world")["reactions"],
+            json!(["👍 2 ana, ben"])
+        );
+    }
+
+    // Unread counts: Ben posts in a room Ana has in the background, on
+    // this page and on another of hers, on the other instance.
+    let other = driver.page("events-one-again");
+    other.open(&format!("http://{}/", b.addr));
+    other.log_in("ana");
+    for page in [&one, &other] {
+        page.eval("document.getElementById('room-name').value = 'side'; document.getElementById('add-room').requestSubmit();");
+        page.wait_for(
+            "side open",
+            "document.getElementById('room-title').textContent === '# side'",
+        );
+        page.eval("document.querySelector('#rooms li:first-child button').click();");
+        page.wait_for(
+            "general open",
+            "document.getElementById('room-title').textContent === '# general'",
+        );
+    }
+    two.eval("document.getElementById('room-name').value = 'side'; document.getElementById('add-room').requestSubmit();");
+    two.say("are you in side?");
+    two.say("still there?");
+    one.wait_for(
+        "two unread in side",
+        "[...document.querySelectorAll('#rooms button')].some(b => b.textContent === '# side2')",
+    );
+
+    // Ana's page goes away while Ben edits and reacts; it comes back folded.
+    a.signal("TERM");
+    a.wait_exit(WAIT);
+    two.eval("document.querySelector('#rooms li:first-child button').click();");
+    two.wait_for(
+        "general open",
+        "document.getElementById('room-title').textContent === '# general'",
+    );
+    two.say("while ana was away");
+    let away = id_of(&two, "while ana was away");
+    two.eval(&format!(
+        "document.querySelector('#messages li[data-id=\"{away}\"] .edit').click();"
+    ));
+    two.wait_for("the editor", "document.querySelector('.editor textarea')");
+    two.eval("const t = document.querySelector('.editor textarea'); t.value = 'while ana was away, edited'; t.form.requestSubmit();");
+    two.wait_for_text("while ana was away, edited");
+    two.eval(&format!(
+        "document.querySelector('#messages li[data-id=\"{id}\"] .reaction').click();"
+    ));
+    two.wait_for("ben's reaction taken back", &format!("document.querySelector('#messages li[data-id=\"{id}\"] .reaction')?.textContent === '👍 1'"));
+    let _a = Server::start_on(port_a, &["--redis", &url]);
+    one.wait_for(
+        "reconnecting",
+        "document.getElementById('status').dataset.state === 'connected'",
+    );
+    one.wait_for_text("while ana was away, edited");
+    assert_eq!(shown(&one, "hello world")["reactions"], json!(["👍 1 ana"]));
+    assert_eq!(
+        one.texts(),
+        vec![
+            "hello world".to_owned(),
+            "while ana was away, edited".to_owned()
+        ],
+        "each message once, folded"
+    );
+
+    // Opening the room reads it; the count goes, and Ana's mark reaches
+    // her other page on the other instance.
+    other.wait_for(
+        "side unread",
+        "[...document.querySelectorAll('#rooms button')].some(b => b.textContent === '# side2')",
+    );
+    one.eval("[...document.querySelectorAll('#rooms button')].find(b => b.textContent.startsWith('# side')).click();");
+    one.wait_for(
+        "the new-messages line",
+        "document.getElementById('divider')",
+    );
+    other.wait_for(
+        "side read elsewhere",
+        "[...document.querySelectorAll('#rooms button')].some(b => b.textContent === '# side')",
+    );
+
+    // Ana deletes her message; both show it deleted.
+    one.eval("document.querySelector('#rooms li:first-child button').click();");
+    one.wait_for(
+        "general open",
+        "document.getElementById('room-title').textContent === '# general'",
+    );
+    one.eval("window.confirm = () => true;");
+    one.eval(&format!(
+        "document.querySelector('#messages li[data-id=\"{id}\"] .delete').click();"
+    ));
+    for page in [&one, &two] {
+        page.wait_for("the deletion", &format!("document.querySelector('#messages li[data-id=\"{id}\"]')?.classList.contains('deleted')"));
+        assert_eq!(shown(page, &id)["text"], "message deleted");
+    }
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    two.screenshot(&shots.join("events.png"));
+}
+
+#[async_std::test]
+async fn a_moderator_deletes_what_others_wrote() {
+    let secret = "moderator secret";
+    let server = Server::start(&["--secret", secret]);
+    let token = |sub: &str, moderator: bool| {
+        let mut args = vec!["token", "--secret", secret, "--sub", sub];
+        if moderator {
+            args.push("--mod");
+        }
+        let output = Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args(&args)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let driver = Driver::start();
+    let writer = driver.page("writer");
+    let moderator = driver.page("moderator");
+    writer.open(&format!(
+        "http://{}/#token={}",
+        server.addr,
+        token("wes", false)
+    ));
+    moderator.open(&format!(
+        "http://{}/#token={}",
+        server.addr,
+        token("mo", true)
+    ));
+    for page in [&writer, &moderator] {
+        page.wait_for(
+            "connecting",
+            "document.getElementById('status').dataset.state === 'connected'",
+        );
+    }
+    assert_eq!(
+        moderator.eval("return location.hash;"),
+        json!(""),
+        "the token left the address bar"
+    );
+    writer.say("buy cheap watches");
+    moderator.wait_for_text("buy cheap watches");
+    let id = id_of(&moderator, "buy cheap watches");
+    moderator.eval("window.confirm = () => true;");
+    moderator.eval(&format!(
+        "document.querySelector('#messages li[data-id=\"{id}\"] .delete').click();"
+    ));
+    writer.wait_for("the deletion", &format!("document.querySelector('#messages li[data-id=\"{id}\"]')?.classList.contains('deleted')"));
+}
