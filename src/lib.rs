@@ -38,5 +38,6 @@ pub mod rooms;
 pub mod routes;
 pub mod sends;
 pub mod server;
+pub mod sse;
 pub mod store;
 pub mod topology;

@@ -42,7 +42,8 @@ pub const POLICY: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;
 pub const TRY_AGAIN_LATER: u16 = 1013;
 
-enum Item {
+/// What the outbox holds for its writer.
+pub enum Item {
     Frame(Frame),
     /// A WebSocket ping, to find out whether the peer is still there.
     Ping,
@@ -255,6 +256,52 @@ impl Outbox {
         .await
     }
 
+    /// The next item for a writer that takes one at a time (the event
+    /// stream's body): an urgent close before anything still queued, and
+    /// `None` once closed with nothing left.
+    pub fn poll_item(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<Item>> {
+        let mut state = lock(&self.0.state);
+        if let Some((code, reason)) = state.urgent.take() {
+            state.items.clear();
+            return Poll::Ready(Some(Item::Close(code, reason)));
+        }
+        match state.items.pop_front() {
+            Some(item) => {
+                drop(state);
+                if matches!(item, Item::Frame(_)) {
+                    self.taken();
+                }
+                Poll::Ready(Some(item))
+            }
+            None if state.closed => Poll::Ready(None),
+            None => {
+                state.writer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Counts a frame out. A `push` waits only while half the limit is
+    /// queued, so only the step below that wakes anyone (and an `Event`
+    /// allocates on its first notification: idle connections never pay).
+    fn taken(&self) {
+        if self.0.queued.fetch_sub(1, Ordering::AcqRel) == self.0.limit / 2 {
+            self.0.drained.notify(usize::MAX);
+        }
+    }
+
+    /// Nothing more will be written (the writer ended, or the client went
+    /// away): refuse further frames, free the queue, wake the reader.
+    pub fn writer_gone(&self) {
+        let mut state = lock(&self.0.state);
+        state.closed = true;
+        state.items = VecDeque::new();
+        state.wake_reader();
+        drop(state);
+        self.0.queued.store(0, Ordering::Release);
+        self.0.drained.notify(usize::MAX);
+    }
+
     async fn urgent_close(&self) -> (u16, &'static str) {
         poll_fn(|cx| {
             let mut state = lock(&self.0.state);
@@ -306,7 +353,7 @@ impl Writer {
                             if socket.feed(WsMessage::Text(frame)).await.is_err() {
                                 return None;
                             }
-                            self.taken();
+                            self.outbox.taken();
                         }
                         Item::Ping => {
                             if socket
@@ -338,23 +385,6 @@ impl Writer {
             };
             let _ = async_std::future::timeout(CLOSE_TIMEOUT, socket.close(Some(frame))).await;
         }
-        // Nothing more will be written: refuse further frames and free the queue.
-        let mut state = lock(&self.outbox.0.state);
-        state.closed = true;
-        state.items = VecDeque::new();
-        state.wake_reader();
-        drop(state);
-        self.outbox.0.queued.store(0, Ordering::Release);
-        self.outbox.0.drained.notify(usize::MAX);
-    }
-
-    /// Counts a frame out. A `push` waits only while half the limit is
-    /// queued, so only the step below that wakes anyone (and an `Event`
-    /// allocates on its first notification: idle connections never pay).
-    fn taken(&self) {
-        let shared = &self.outbox.0;
-        if shared.queued.fetch_sub(1, Ordering::AcqRel) == shared.limit / 2 {
-            shared.drained.notify(usize::MAX);
-        }
+        self.outbox.writer_gone();
     }
 }

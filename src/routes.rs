@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,8 +26,15 @@ use crate::page;
 use crate::protocol;
 use crate::query::Query;
 use crate::room_api;
+use crate::sse::{self, EventStream};
 
-pub type Body = Full<Bytes>;
+/// A response body: whole, or an event stream.
+pub type Body = Either<Full<Bytes>, EventStream>;
+
+/// A whole response body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
 
 /// Read buffer of an upgraded WebSocket. tungstenite's default is 128 KiB and
 /// is touched at once; 256 bytes hold most chat frames whole and keep an idle
@@ -94,7 +101,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         ["metrics"] => {
             allow(&req, "GET")?;
-            let mut response = Response::new(Body::from(app.metrics.render()));
+            let mut response = Response::new(full(app.metrics.render()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(metrics::CONTENT_TYPE),
@@ -152,7 +159,8 @@ async fn room_route(
             room_api::identity(app, &req, &room)?;
             room_api::presence(app, room).await
         }
-        (["read" | "presence"], _) => return Err(refuse_method(&req, "GET")),
+        (["events"], Method::GET) => sse::events(app, room, &req),
+        (["read" | "presence" | "events"], _) => return Err(refuse_method(&req, "GET")),
         _ => Err(Error::new(
             ErrorCode::NotFound,
             format!("no route for {}", req.uri().path()),
@@ -187,7 +195,7 @@ fn error_response(error: &Error) -> Response<Body> {
 }
 
 pub fn json(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -197,7 +205,7 @@ pub fn json(status: StatusCode, body: String) -> Response<Body> {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -214,13 +222,13 @@ fn page_file(req: &Request<Incoming>, asset: &page::Asset) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag));
     let mut response = if fresh {
-        let mut response = Response::new(Body::default());
+        let mut response = Response::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         response
     } else if req.method() == Method::HEAD {
-        Response::new(Body::default())
+        Response::new(full(Bytes::new()))
     } else {
-        Response::new(Body::from(asset.body))
+        Response::new(full(asset.body))
     };
     let headers = response.headers_mut();
     headers.insert(
@@ -265,7 +273,7 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
     }
     let upgrading = hyper::upgrade::on(&mut req);
     async_std::task::spawn(websocket(app.clone(), upgrading, params));
-    let mut response = Response::new(Body::default());
+    let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));

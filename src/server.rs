@@ -2,10 +2,12 @@
 //! hyper (WebSocket upgrades included), and drains everything on shutdown.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_std::net::{TcpListener, TcpStream};
+use event_listener::Event;
 use futures_lite::FutureExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -23,12 +25,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Serves `listener` until `app.shutdown` is set, then waits (up to the drain
 /// time) for every connection to answer what it read and close with 1001.
 pub async fn run(app: Arc<App>, listener: TcpListener) {
+    let served = Arc::new(Served::default());
     let accept = async {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let app = app.clone();
-                    async_std::task::spawn(serve_http(app, stream));
+                    let guard = Served::enter(&served);
+                    async_std::task::spawn(async move {
+                        serve_http(app, stream).await;
+                        drop(guard);
+                    });
                 }
                 Err(e) => {
                     log::warn!("accept failed: {e}");
@@ -44,15 +51,57 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
     let open = app.connections.len();
     log::info!("shutting down: closing {open} WebSocket connection(s) with 1001");
     let drain = Duration::from_secs(app.config.drain_seconds);
-    if async_std::future::timeout(drain, app.connections.drained())
-        .await
-        .is_err()
-    {
+    // HTTP connections too: an answer or the end of an event stream is
+    // written and flushed before the process exits.
+    let all_gone = async {
+        app.connections.drained().await;
+        served.drained().await;
+    };
+    if async_std::future::timeout(drain, all_gone).await.is_err() {
         log::warn!(
             "{} connection(s) still open after the {}s drain; exiting anyway",
-            app.connections.len(),
+            app.connections
+                .len()
+                .max(served.open.load(Ordering::Acquire)),
             drain.as_secs()
         );
+    }
+}
+
+/// The HTTP connections being served, so that a drain can wait for them.
+#[derive(Default)]
+struct Served {
+    open: AtomicUsize,
+    gone: Event,
+}
+
+/// One HTTP connection being served; counted out when dropped.
+struct ServedGuard(Arc<Served>);
+
+impl Served {
+    fn enter(served: &Arc<Served>) -> ServedGuard {
+        served.open.fetch_add(1, Ordering::AcqRel);
+        ServedGuard(served.clone())
+    }
+
+    async fn drained(&self) {
+        loop {
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            let listener = self.gone.listen();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Drop for ServedGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.gone.notify(usize::MAX);
     }
 }
 
