@@ -2,7 +2,9 @@
 //! two pages on two instances over one Redis chat both ways; one instance
 //! stops while the other page keeps sending and starts again on its port; the
 //! first page reconnects by itself and shows what was sent meanwhile exactly
-//! once, in order; markup in a message is shown as text.
+//! once, in order; markup in a message is shown as text. The browser's own
+//! `EventSource` resumes a room's event stream across an instance restart
+//! with `Last-Event-ID`, losing nothing and repeating nothing.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`make test` installs them
 //! where they are missing); the test fails, loudly, without them.
@@ -582,4 +584,89 @@ async fn a_moderator_deletes_what_others_wrote() {
         "document.querySelector('#messages li[data-id=\"{id}\"] .delete').click();"
     ));
     writer.wait_for("the deletion", &format!("document.querySelector('#messages li[data-id=\"{id}\"]')?.classList.contains('deleted')"));
+}
+
+/// Posts a message over HTTP and returns its id.
+fn post(addr: &str, room: &str, text: &str) -> u64 {
+    let body = json!({"user":"bot","text":text}).to_string();
+    let response = http(
+        addr,
+        "POST",
+        &format!("/rooms/{room}/messages"),
+        Some("application/json"),
+        body.as_bytes(),
+    );
+    assert_eq!(response.status, 201, "{}", response.body);
+    response.json()["id"].as_u64().unwrap()
+}
+
+#[async_std::test]
+async fn an_event_source_resumes_without_loss_across_an_instance_restart() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let port_a = free_port();
+    let mut a = Server::start_on(port_a, &["--redis", &url]);
+    let b = Server::start(&["--redis", &url]);
+    for i in 1..=3 {
+        post(&b.addr, "feed", &format!("before {i}"));
+    }
+    let driver = Driver::start();
+    let page = driver.page("events");
+    page.open(&format!("http://{}/favicon.svg", a.addr));
+    // The browser's own EventSource, with nothing but what it does by itself.
+    page.eval(
+        "window.seen = []; window.opened = 0; window.closes = [];
+         const source = new EventSource('/rooms/feed/events?since=0');
+         source.onopen = () => window.opened++;
+         source.onmessage = (e) => { const m = JSON.parse(e.data); window.seen.push([e.lastEventId, m.id, m.text]); };
+         source.addEventListener('close', (e) => window.closes.push(JSON.parse(e.data).code));",
+    );
+    page.wait_for("the replay", "window.seen.length === 3");
+    post(&b.addr, "feed", "live 1");
+    page.wait_for("a live message", "window.seen.length === 4");
+
+    // A stops: the stream ends with its close event, and the browser retries.
+    a.signal("TERM");
+    assert!(a.wait_exit(WAIT).success());
+    page.wait_for("the close event", "window.closes.length === 1");
+    for i in 1..=3 {
+        post(&b.addr, "feed", &format!("while away {i}"));
+    }
+    let _a = Server::start_on(port_a, &["--redis", &url]);
+    page.wait_for("the resumed stream", "window.seen.length >= 7");
+    post(&b.addr, "feed", "after");
+    page.wait_for(
+        "a live message after the restart",
+        "window.seen.length >= 8",
+    );
+
+    let seen: Vec<(String, u64, String)> =
+        serde_json::from_value(page.eval("return window.seen;")).unwrap();
+    let texts: Vec<&str> = seen.iter().map(|(_, _, text)| text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "before 1",
+            "before 2",
+            "before 3",
+            "live 1",
+            "while away 1",
+            "while away 2",
+            "while away 3",
+            "after"
+        ],
+        "each message once, in order"
+    );
+    for (i, (last_event_id, id, _)) in seen.iter().enumerate() {
+        assert_eq!(*id, i as u64 + 1);
+        assert!(
+            last_event_id.ends_with(&format!(":{id}")),
+            "{last_event_id}"
+        );
+    }
+    assert_eq!(page.eval("return window.closes;"), json!([1001]));
+    assert!(
+        page.eval("return window.opened;").as_u64().unwrap() >= 2,
+        "it reconnected"
+    );
 }
