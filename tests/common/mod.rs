@@ -15,6 +15,8 @@ use async_tungstenite::WebSocketStream;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+pub mod event_stream;
+
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
