@@ -1,6 +1,6 @@
 # parlor. `make run` serves on PORT (default 8080) with the embedded store, or
 # on Redis with REDIS_URL; `make test` runs every test (it installs
-# redis-server, chromium and chromedriver first where they are missing).
+# redis-server, nginx, chromium and chromedriver first where they are missing).
 #
 #   make run PORT=8082
 #   make redis                                   # a local Redis on REDIS_PORT (6379)
@@ -20,7 +20,7 @@ build:
 	$(CARGO) build --release
 
 run: build
-	$(RUN_ENV) ./target/release/parlor
+	exec env $(RUN_ENV) ./target/release/parlor
 
 # The tests start redis-server, chromedriver and headless Chromium processes
 # of their own, on free ports, and run the example client (built first).
@@ -42,7 +42,7 @@ client:
 
 # Debian packages the tests need, as command=package; `make deps` installs
 # the ones whose command is missing.
-DEPS := redis-server=redis-server chromium=chromium chromedriver=chromium-driver
+DEPS := redis-server=redis-server chromium=chromium chromedriver=chromium-driver nginx=nginx
 
 deps:
 	@missing=""; for pair in $(DEPS); do command -v $${pair%%=*} >/dev/null || missing="$$missing $${pair#*=}"; done; \

@@ -10,11 +10,13 @@ use std::str::FromStr;
 
 use argh::FromArgs;
 
-/// parlor: a chat server over WebSocket and HTTP. Each flag can also be set by
-/// the environment variable named in its description; the flag wins.
+/// parlor: a chat server over WebSocket, HTTP and server-sent events. Each
+/// flag can also be set by the environment variable named in its
+/// description; the flag wins.
 #[derive(FromArgs, Debug, Default)]
 pub struct Flags {
-    /// HTTP and WebSocket port; 0 picks a free one [PORT, default 8080]
+    /// port of HTTP, WebSocket and event streams; 0 picks a free one [PORT,
+    /// default 8080]
     #[argh(option)]
     pub port: Option<u16>,
 
@@ -83,8 +85,9 @@ pub struct Flags {
     #[argh(option)]
     pub max_body: Option<usize>,
 
-    /// most WebSocket connections this instance holds; beyond it the upgrade is
-    /// refused with 503 [PARLOR_MAX_CONNECTIONS, default 20000]
+    /// most WebSocket connections and event streams this instance holds;
+    /// beyond it they are refused with 503 [PARLOR_MAX_CONNECTIONS, default
+    /// 20000]
     #[argh(option)]
     pub max_connections: Option<usize>,
 
@@ -159,8 +162,99 @@ pub struct Flags {
     #[argh(option)]
     pub allowed_origins: Option<String>,
 
+    /// print parlor's version and exit
+    #[argh(switch)]
+    pub version: bool,
+
     #[argh(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The command line did not ask to serve: what to print, and the exit code.
+#[derive(Debug, PartialEq)]
+pub struct Exit {
+    pub output: String,
+    /// 0 after `--help` (printed to stdout), 2 after a bad flag (stderr).
+    pub code: u8,
+}
+
+/// Width of the usage line once wrapped.
+const USAGE_WIDTH: usize = 80;
+
+impl Flags {
+    /// Parses the arguments after the program's name. argh alone would exit
+    /// 1 on a bad flag, where parlor promises 2, and print its usage as one
+    /// line of every flag.
+    pub fn parse(args: &[&str]) -> Result<Flags, Exit> {
+        Flags::from_args(&["parlor"], args).map_err(|early| match early.status {
+            Ok(()) => Exit {
+                output: wrap_usage(&early.output),
+                code: 0,
+            },
+            Err(()) => Exit {
+                output: format!("{}\nRun parlor --help for more information.", early.output),
+                code: 2,
+            },
+        })
+    }
+}
+
+/// The help text with its `Usage:` line wrapped at `USAGE_WIDTH`, each
+/// `[--flag <value>]` kept whole and later lines indented under the first
+/// flag.
+fn wrap_usage(help: &str) -> String {
+    let mut out = String::with_capacity(help.len() + 64);
+    for line in help.lines() {
+        if !line.starts_with("Usage: ") || line.len() <= USAGE_WIDTH {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let words = usage_words(line);
+        let command = words
+            .iter()
+            .take_while(|w| !w.starts_with(['[', '-', '<']))
+            .count();
+        let head = words[..command].join(" ");
+        let indent = " ".repeat(head.len() + 1);
+        let mut current = head;
+        for word in &words[command..] {
+            if current.len() + 1 + word.len() > USAGE_WIDTH && !current.trim().is_empty() {
+                out.push_str(&current);
+                out.push('\n');
+                current = indent.clone();
+            } else {
+                current.push(' ');
+            }
+            current.push_str(word);
+        }
+        out.push_str(&current);
+        out.push('\n');
+    }
+    out.trim_end().to_owned()
+}
+
+/// A usage line's words, where `[--port <port>]` is one word.
+fn usage_words(line: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in line.char_indices() {
+        match c {
+            '[' | '<' => depth += 1,
+            ']' | '>' => depth -= 1,
+            ' ' if depth == 0 => {
+                if i > start {
+                    words.push(&line[start..i]);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < line.len() {
+        words.push(&line[start..]);
+    }
+    words
 }
 
 /// What to do instead of serving.
@@ -432,6 +526,11 @@ impl Config {
                 self.instance
             ));
         }
+        if let Some(urls) = &self.redis {
+            for url in urls.split(',').map(str::trim) {
+                crate::redis::client(url)?;
+            }
+        }
         if self.retention.is_zero() {
             return Err("--retention must be at least 1s".into());
         }
@@ -534,5 +633,29 @@ mod tests {
             config(&[], &[("RUST_LOG", "debug")]).unwrap().log_level,
             log::LevelFilter::Debug
         );
+    }
+
+    #[test]
+    fn a_bad_flag_exits_2_and_help_exits_0_with_a_readable_usage() {
+        let bad = Flags::parse(&["--port", "abc"]).unwrap_err();
+        assert_eq!(bad.code, 2);
+        assert!(bad.output.contains("--port"), "{}", bad.output);
+        assert!(bad
+            .output
+            .ends_with("Run parlor --help for more information."));
+        let help = Flags::parse(&["--help"]).unwrap_err();
+        assert_eq!(help.code, 0);
+        let usage: Vec<&str> = help.output.lines().take_while(|l| !l.is_empty()).collect();
+        assert!(usage.len() > 3, "wrapped: {usage:?}");
+        assert!(usage.iter().all(|l| l.len() <= USAGE_WIDTH), "{usage:?}");
+        assert!(usage[0].starts_with("Usage: parlor [--port <port>]"));
+        assert!(usage[1].starts_with("              [--"), "{usage:?}");
+        // Every flag is still there, each whole.
+        let flat: Vec<&str> = usage.iter().flat_map(|l| usage_words(l.trim())).collect();
+        assert!(
+            flat.contains(&"[--redis <redis>]") && flat.contains(&"[--version]"),
+            "{flat:?}"
+        );
+        assert!(Flags::parse(&["--version"]).unwrap().version);
     }
 }

@@ -1,6 +1,7 @@
 //! The `parlor` binary: reads the command line, starts logging, the store, the
 //! feed and the listener, and turns SIGTERM and SIGINT into a drain and exit 0.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 
 use parlor::app::App;
-use parlor::config::{Command, Config, Flags, TokenFlags};
+use parlor::config::{Command, Config, Exit, Flags, TokenFlags};
 use parlor::metrics::Metrics;
 use parlor::redis::RedisOptions;
 use parlor::redis_log::LogOptions;
@@ -18,7 +19,23 @@ use parlor::store::Store;
 use parlor::{auth, logging, server};
 
 fn main() -> ExitCode {
-    let mut flags: Flags = argh::from_env();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut flags = match Flags::parse(&args) {
+        Ok(flags) => flags,
+        Err(Exit { output, code: 0 }) => {
+            println!("{output}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Exit { output, code }) => {
+            eprintln!("{output}");
+            return ExitCode::from(code);
+        }
+    };
+    if flags.version {
+        println!("parlor {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Token(token)) = flags.command.take() {
         return print_token(token);
     }
@@ -33,7 +50,11 @@ fn main() -> ExitCode {
     match async_std::task::block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // Once for a person at a terminal; also as a log line where the
+            // log goes elsewhere (a file, a collector).
+            if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+                log::error!("{e}");
+            }
             eprintln!("parlor: {e}");
             ExitCode::FAILURE
         }

@@ -66,7 +66,7 @@ impl Default for Metrics {
             connections: add(
                 &mut r,
                 "connections",
-                "Open WebSocket connections",
+                "Open WebSocket connections and event streams",
                 Gauge::default(),
             ),
             joins: add(&mut r, "joins", "Room joins completed", counter()),

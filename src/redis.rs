@@ -212,18 +212,22 @@ fn nothing_written(e: &RedisError) -> bool {
 /// A client per URL; only `redis://host:port` URLs are taken (the feed
 /// connects over TCP itself).
 fn clients(urls: &[&str]) -> Result<Vec<Client>, String> {
-    urls.iter()
-        .map(|one| {
-            let client = Client::open(*one).map_err(|e| format!("--redis {}: {e}", redact(one)))?;
-            if !matches!(client.get_connection_info().addr(), ConnectionAddr::Tcp(..)) {
-                return Err(format!(
-                    "--redis {}: only redis://host:port URLs are supported",
-                    redact(one)
-                ));
-            }
-            Ok(client)
-        })
-        .collect()
+    urls.iter().map(|one| client(one)).collect()
+}
+
+/// One `--redis` URL as a client, or what a valid one looks like. Checked
+/// with the other flags at start, and again here.
+pub fn client(url: &str) -> Result<Client, String> {
+    const HINT: &str = "write redis://host:port, with redis://user:password@host:port/db for a password and a database, or several such URLs separated by commas for the seed nodes of a Redis Cluster";
+    let shown = redact(url);
+    let client =
+        Client::open(url).map_err(|_| format!("--redis {shown}: not a Redis URL; {HINT}"))?;
+    if !matches!(client.get_connection_info().addr(), ConnectionAddr::Tcp(..)) {
+        return Err(format!(
+            "--redis {shown}: only redis:// URLs over TCP are supported; {HINT}"
+        ));
+    }
+    Ok(client)
 }
 
 /// Whether to speak to a cluster: as `--redis-mode` says, or by asking.

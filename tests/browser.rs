@@ -203,6 +203,14 @@ async fn two_pages_on_two_instances_chat_and_survive_a_restart() {
     let two = driver.page("two");
     one.open(&format!("http://{}/", a.addr));
     two.open(&format!("http://{}/", b.addr));
+    // The name screen fits the window: no scrollbar.
+    one.wait_for("the name screen", "document.getElementById('name')");
+    let fits = "const e = document.scrollingElement; return [e.scrollHeight, e.clientHeight, e.scrollWidth, e.clientWidth];";
+    let sizes = one.eval(fits);
+    assert!(
+        sizes[0].as_u64() <= sizes[1].as_u64() && sizes[2].as_u64() <= sizes[3].as_u64(),
+        "the name screen scrolls: {sizes}"
+    );
     one.log_in("ana");
     two.log_in("ben");
 

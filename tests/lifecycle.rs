@@ -141,18 +141,39 @@ async fn an_unusable_port_is_one_clear_line_and_a_failure() {
         "{stderr}"
     );
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
-        .args(["--history", "many"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--history"));
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
-        .args(["--log-format", "xml"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&output.stderr).lines().count(), 1);
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stdout, stderr)
+    };
+    // A bad flag value: exit code 2, as the README says, whoever parses it.
+    let (code, _, stderr) = run(&["--history", "many"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--history") && stderr.contains("--help"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&["--log-format", "xml"]);
+    assert_eq!((code, stderr.lines().count()), (Some(2), 1), "{stderr}");
+    let (code, _, stderr) = run(&["--redis", "foo://bar"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("write redis://host:port"), "{stderr}");
+    let (code, stdout, _) = run(&["--version"]);
+    assert_eq!(
+        (code, stdout.trim()),
+        (Some(0), concat!("parlor ", env!("CARGO_PKG_VERSION")))
+    );
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    let usage: Vec<&str> = stdout.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(
+        usage.len() > 1 && usage.iter().all(|l| l.len() <= 80),
+        "{usage:?}"
+    );
 }
 
 /// Resident memory of a process, in KiB.
