@@ -49,6 +49,15 @@ const SIGNAL_RATE: u32 = 5;
 /// Read markers a connection may send in a burst, and per second after it.
 const MARK_BURST: u32 = 20;
 const MARK_RATE: u32 = 10;
+/// WebSocket pings and pongs a client may send in a burst, and per second
+/// after it, before it is closed with 1008: a client pings every few seconds
+/// at most, and a flood of them would cost the server without end.
+const CONTROL_BURST: u32 = 20;
+const CONTROL_RATE: u32 = 5;
+/// Frames the reader handles in a row before it lets other tasks run: a
+/// client that keeps its socket readable would otherwise hold an executor
+/// thread.
+const YIELD_EVERY: u32 = 16;
 /// Most sends of one connection in one batch to the store.
 const SENDS_BATCH: usize = 32;
 /// Most sends of one connection in flight and waiting; beyond it the reader
@@ -151,6 +160,10 @@ struct Session {
     /// Read markers, limited apart too.
     marks: TokenBucket,
     abuse: TokenBucket,
+    /// Pings and pongs from the client.
+    control: TokenBucket,
+    /// Frames handled since the reader last let other tasks run.
+    in_a_row: u32,
     queue: Sends<Pending>,
     /// Boxed and made on the first send: an idle connection carries one
     /// pointer.
@@ -167,6 +180,8 @@ impl Session {
             signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_BURST),
             marks: TokenBucket::new(MARK_RATE, MARK_BURST),
             abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
+            control: TokenBucket::new(CONTROL_RATE, CONTROL_BURST),
+            in_a_row: 0,
             app,
             id,
             outbox,
@@ -219,6 +234,7 @@ impl Session {
             if self.frame(frame).await.is_err() {
                 return;
             }
+            self.take_turns().await;
         }
     }
 
@@ -233,22 +249,45 @@ impl Session {
         let wake_at = self.expires_at.map_or(quiet_at, |at| at.min(quiet_at));
         let outbox = &self.outbox;
         let storing = &mut self.storing;
-        async { Next::Frame(receiver.next().await) }
-            .or(async {
-                outbox.stopped().await;
-                Next::Stop
-            })
-            .or(async {
-                async_std::task::sleep(wake_at.saturating_duration_since(Instant::now())).await;
-                Next::Timer
-            })
-            .or(async {
-                match storing {
-                    Some(batch) => Next::Stored(batch.await),
-                    None => std::future::pending().await,
-                }
-            })
-            .await
+        // `or` polls from the left: the client's frames come last, so that a
+        // client that always has one ready cannot hold back a stop, its
+        // token's expiry or the answers of its own sends.
+        async {
+            outbox.stopped().await;
+            Next::Stop
+        }
+        .or(async {
+            async_std::task::sleep(wake_at.saturating_duration_since(Instant::now())).await;
+            Next::Timer
+        })
+        .or(async {
+            match storing {
+                Some(batch) => Next::Stored(batch.await),
+                None => std::future::pending().await,
+            }
+        })
+        .or(async { Next::Frame(receiver.next().await) })
+        .await
+    }
+
+    /// Lets other tasks run after `YIELD_EVERY` frames in a row: a socket
+    /// that is always readable never makes the reader wait by itself.
+    async fn take_turns(&mut self) {
+        self.in_a_row += 1;
+        if self.in_a_row >= YIELD_EVERY {
+            self.in_a_row = 0;
+            async_std::task::yield_now().await;
+        }
+    }
+
+    /// Counts a ping or pong from the client; too many close the connection.
+    fn control_frame(&mut self) -> Result<(), Closed> {
+        if self.control.take() {
+            return Ok(());
+        }
+        log::info!("connection {}: too many pings; closing with 1008", self.id);
+        self.outbox.close(POLICY, "too many pings");
+        Err(Closed)
     }
 
     /// Handles one WebSocket message. `Err` means the connection is closing.
@@ -263,7 +302,8 @@ impl Session {
                 Box::pin(self.refuse(None, error)).await
             }
             Ok(WsMessage::Close(_)) => Err(Closed),
-            Ok(_) => Ok(()),
+            Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => self.control_frame(),
+            Ok(WsMessage::Frame(_)) => Ok(()),
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
                 log::info!("connection {}: message of {size} bytes over the {max_size} limit; closing with 1009", self.id);
                 self.outbox.close_now(TOO_BIG, "message too large");

@@ -1,14 +1,17 @@
 //! Auth and origins over the real wire: tokens checked before the upgrade and
 //! on every HTTP request, the token's user and rooms enforced, a token that
-//! expires while connected closing with 1008, `parlor token`, and
+//! expires while connected closing with 1008 (even while its client floods
+//! requests), `parlor token`, and
 //! `--allowed-origins` for browser pages.
 
 mod common;
 
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{get, http, http_raw, Client, Server};
+use async_tungstenite::tungstenite::Message;
+use common::{get, http, http_raw, Client, Server, WAIT};
+use futures_util::StreamExt;
 use serde_json::json;
 
 const SECRET: &str = "correct horse battery staple";
@@ -199,6 +202,44 @@ async fn a_token_that_expires_while_connected_closes_with_1008() {
     let short = token(&["--sub", "brief", "--ttl", "2s"]);
     let (mut c, _) = Client::welcomed(&server.ws_url(&format!("?token={short}"))).await;
     assert_eq!(c.closed().await, 1008);
+}
+
+#[async_std::test]
+async fn a_token_expires_even_while_its_client_floods_requests() {
+    let server = Server::start(&["--secret", SECRET]);
+    let short = token(&["--sub", "flood", "--ttl", "2s"]);
+    let (mut client, _) = Client::welcomed(&server.ws_url(&format!("?token={short}"))).await;
+    client
+        .join(json!({"type":"join","room":"lobby","history":0}))
+        .await;
+    let (mut sink, mut stream) = client.into_inner().split();
+    // Frames as fast as the socket takes them, so one is always ready to be
+    // read, until the server closes the connection. Typing beyond its rate
+    // is answered `rate_limited`, which is no misbehaviour that would close
+    // the connection by itself.
+    let flood = async_std::task::spawn(async move {
+        let typing = json!({"type":"typing","room":"lobby"}).to_string();
+        let mut sent = 0u64;
+        while sink.send(Message::text(typing.clone())).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    let deadline = Instant::now() + Duration::from_secs(2) + WAIT;
+    let code = loop {
+        assert!(
+            Instant::now() < deadline,
+            "still open long after the token expired"
+        );
+        match async_std::future::timeout(WAIT, stream.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the connection ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    drop(stream);
+    assert!(flood.await > 100, "the client did flood");
 }
 
 #[async_std::test]

@@ -5,6 +5,7 @@ mod common;
 
 use async_tungstenite::tungstenite::Message;
 use common::{get, http, http_raw, post_json, Client, Server};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 /// Sends `frame` and expects an error with `code` (echoing `ref` when given),
@@ -234,6 +235,39 @@ async fn repeated_abuse_closes_with_1008() {
         c.send_text("{not json").await;
     }
     assert_eq!(c.closed().await, 1008);
+}
+
+#[async_std::test]
+async fn a_flood_of_pings_closes_with_1008_and_others_are_served_meanwhile() {
+    let server = Server::start(&[]);
+    let mut flooders = Vec::new();
+    for n in 0..2 {
+        let (client, _) = Client::welcomed(&server.ws_url(&format!("?user=pinger{n}"))).await;
+        let (mut sink, stream) = client.into_inner().split();
+        let flood = async_std::task::spawn(async move {
+            while sink.send(Message::Ping(Vec::new().into())).await.is_ok() {}
+        });
+        flooders.push((flood, stream));
+    }
+    // While they flood, a member and a reader over HTTP are served.
+    let (mut other, _) = Client::welcomed(&server.ws_url("?user=calm")).await;
+    other
+        .join(json!({"type":"join","room":"calm","history":0}))
+        .await;
+    other.say("calm", "still here").await;
+    assert_eq!(get(&server.addr, "/healthz").status, 200);
+    for (flood, mut stream) in flooders {
+        let code = loop {
+            match async_std::future::timeout(common::WAIT, stream.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("the flooder was not closed: {other:?}"),
+            }
+        };
+        assert_eq!(code, Some(1008));
+        drop(stream);
+        flood.await;
+    }
 }
 
 fn error_of(response: &common::Response) -> (u16, String) {
