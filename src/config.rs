@@ -121,7 +121,8 @@ pub struct Flags {
     pub outbox: Option<usize>,
 
     /// milliseconds of silence from a client after which it is pinged; a
-    /// client silent for two of them is taken for gone and dropped
+    /// client silent for two of them, or that takes no byte of what it is
+    /// sent for two of them, is taken for gone and dropped
     /// [PARLOR_PING_INTERVAL_MS, default 25000]
     #[argh(option)]
     pub ping_interval_ms: Option<u64>,
@@ -469,6 +470,12 @@ impl Config {
         };
         config.check()?;
         Ok(config)
+    }
+
+    /// How long a peer may take to show it is there, read what it was sent
+    /// or take a byte of a write: two ping intervals.
+    pub fn patience(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(2 * self.ping_interval_ms)
     }
 
     /// The environment-or-flag secret, shared with `parlor token`.

@@ -82,7 +82,7 @@ pub fn serve(
     ws: WebSocketStream<TcpStream>,
     params: Params,
 ) -> impl Future<Output = ()> + Send {
-    let (outbox, writer) = Outbox::new(app.config.outbox);
+    let (outbox, writer) = Outbox::new(app.config.outbox, app.config.patience());
     let (sender, receiver) = ws.split();
     let writer = async_std::task::spawn(writer.run(sender));
     read(app, outbox, writer, receiver, params)
@@ -201,6 +201,7 @@ impl Session {
         let ping_interval = Duration::from_millis(self.app.config.ping_interval_ms);
         let mut last_heard = Instant::now();
         let mut pinged = false;
+        let mut reading = self.outbox.unblocked();
         loop {
             let quiet_at = last_heard + ping_interval;
             let frame = match self.next(receiver, quiet_at).await {
@@ -217,13 +218,16 @@ impl Session {
                     return;
                 }
                 Next::Timer if Instant::now() < quiet_at => continue,
-                Next::Timer if pinged => {
+                // Its pong may be behind what it still has to read, but a
+                // peer whose socket takes bytes again is reading.
+                Next::Timer if pinged && self.outbox.unblocked() == reading => {
                     log::info!("connection {}: no answer to a ping; dropping it", self.id);
                     return;
                 }
                 Next::Timer => {
                     self.outbox.ping();
                     pinged = true;
+                    reading = self.outbox.unblocked();
                     last_heard = Instant::now();
                     continue;
                 }
@@ -338,8 +342,13 @@ impl Session {
             self.outbox.close(NORMAL, "");
         }
         let drain = async { while let Some(Ok(_)) = receiver.next().await {} };
-        let _ =
-            async_std::future::timeout(CLOSE_GRACE, futures_lite::future::zip(writer, drain)).await;
+        let mut writer = writer;
+        let both = futures_lite::future::zip(&mut writer, drain);
+        if async_std::future::timeout(CLOSE_GRACE, both).await.is_err() {
+            // A writer still stuck on a peer that takes nothing is stopped,
+            // so that its half of the socket goes too.
+            writer.cancel().await;
+        }
     }
 
     /// Handles one text frame.

@@ -11,10 +11,16 @@
 //! The queue is a `VecDeque` under a mutex, with the writer's waker beside
 //! it: an idle connection holds no queue space, no channel and no listener,
 //! which is most of what a connection costs when there are many of them.
+//!
+//! A peer is given `patience` (two ping intervals) for everything: a write
+//! to its socket that makes no progress for that long, or an answer that
+//! cannot be queued for that long because it reads nothing, ends the
+//! connection. A ping goes out ahead of the queued frames, so a client that
+//! reads slowly but reads is not taken for gone.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -45,8 +51,6 @@ pub const TRY_AGAIN_LATER: u16 = 1013;
 /// What the outbox holds for its writer.
 pub enum Item {
     Frame(Frame),
-    /// A WebSocket ping, to find out whether the peer is still there.
-    Ping,
     /// Close after the frames queued before it.
     Close(u16, &'static str),
 }
@@ -60,6 +64,13 @@ struct Shared {
     /// Frames queued and not yet written, for the limits.
     queued: AtomicUsize,
     limit: usize,
+    /// How long the peer may take anything: see the module's header.
+    patience: Duration,
+    /// A WebSocket ping is wanted, ahead of the queued frames.
+    ping: AtomicBool,
+    /// Writes that had to wait for the peer and then went through: the peer
+    /// is reading, even if its pong is still behind what it has to read.
+    unblocked: AtomicU64,
     /// Notified when the writer takes frames or the outbox closes; only a
     /// `push` that waits listens, so it costs nothing otherwise.
     drained: Event,
@@ -99,11 +110,14 @@ impl State {
 pub struct Closed;
 
 impl Outbox {
-    pub fn new(limit: usize) -> (Outbox, Writer) {
+    pub fn new(limit: usize, patience: Duration) -> (Outbox, Writer) {
         let outbox = Outbox(Arc::new(Shared {
             state: Mutex::new(State::default()),
             queued: AtomicUsize::new(0),
             limit,
+            patience,
+            ping: AtomicBool::new(false),
+            unblocked: AtomicU64::new(0),
             drained: Event::new(),
         }));
         let writer = Writer {
@@ -132,14 +146,40 @@ impl Outbox {
     }
 
     /// Queues one of the connection's own frames, waiting while the outbox is
-    /// half full.
+    /// half full; a client that reads nothing for `patience` is closed with
+    /// 1013.
     pub async fn push(&self, frame: Frame) -> Result<(), Closed> {
+        let room = async {
+            self.room_for_more().await;
+            true
+        };
+        let waited_out = async {
+            async_std::task::sleep(self.0.patience).await;
+            false
+        };
+        if !room.or(waited_out).await {
+            log::info!(
+                "a client read nothing for {:?}; closing with 1013",
+                self.0.patience
+            );
+            self.close_now(
+                TRY_AGAIN_LATER,
+                "not reading: reconnect and rejoin with since",
+            );
+            return Err(Closed);
+        }
+        if self.enqueue(Item::Frame(frame)) {
+            Ok(())
+        } else {
+            Err(Closed)
+        }
+    }
+
+    /// Resolves once fewer than half the limit are queued, or on close.
+    async fn room_for_more(&self) {
         loop {
-            if self.is_closed() {
-                return Err(Closed);
-            }
-            if self.0.queued.load(Ordering::Acquire) < self.0.limit / 2 {
-                break;
+            if self.is_closed() || self.0.queued.load(Ordering::Acquire) < self.0.limit / 2 {
+                return;
             }
             let listener = self.0.drained.listen();
             // Checked again after listening, so a wake-up between the check and
@@ -148,11 +188,6 @@ impl Outbox {
                 continue;
             }
             listener.await;
-        }
-        if self.enqueue(Item::Frame(frame)) {
-            Ok(())
-        } else {
-            Err(Closed)
         }
     }
 
@@ -174,10 +209,17 @@ impl Outbox {
         state.wake_writer();
     }
 
-    /// Queues a ping; the peer's pong (or anything else it sends) shows it is
-    /// still there.
+    /// How many writes had to wait for the peer and then went through; if
+    /// it moved, the peer is reading.
+    pub fn unblocked(&self) -> u64 {
+        self.0.unblocked.load(Ordering::Acquire)
+    }
+
+    /// Asks for a ping, ahead of what is queued; the peer's pong (or
+    /// anything else it sends) shows it is still there.
     pub fn ping(&self) {
-        self.enqueue(Item::Ping);
+        self.0.ping.store(true, Ordering::Release);
+        lock(&self.0.state).wake_writer();
     }
 
     /// Closes the connection after the frames already queued (a graceful close).
@@ -243,6 +285,10 @@ impl Outbox {
             let mut state = lock(&self.0.state);
             if state.urgent.is_some() {
                 return Poll::Pending;
+            }
+            if self.0.ping.load(Ordering::Acquire) {
+                std::mem::swap(&mut state.items, into);
+                return Poll::Ready(());
             }
             if state.items.is_empty() {
                 *into = VecDeque::new();
@@ -334,7 +380,8 @@ pub struct Writer {
 impl Writer {
     /// Writes queued frames until the outbox closes or the socket fails. Frames
     /// are sent in batches with one flush each, so a burst costs one syscall
-    /// rather than one per frame.
+    /// rather than one per frame; a ping wanted goes out before the next
+    /// batch. A write that makes no progress for `patience` ends it.
     pub async fn run<S>(self, mut socket: WebSocketSender<S>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -347,33 +394,22 @@ impl Writer {
             loop {
                 self.outbox.take(&mut batch).await;
                 let mut fed = 0;
+                self.ping_if_wanted(&mut socket).await?;
                 while let Some(item) = batch.pop_front() {
                     match item {
                         Item::Frame(frame) => {
-                            if socket.feed(WsMessage::Text(frame)).await.is_err() {
-                                return None;
-                            }
+                            within(&self.outbox.0, socket.feed(WsMessage::Text(frame))).await?;
                             self.outbox.taken();
-                        }
-                        Item::Ping => {
-                            if socket
-                                .feed(WsMessage::Ping(Default::default()))
-                                .await
-                                .is_err()
-                            {
-                                return None;
-                            }
                         }
                         Item::Close(code, reason) => return Some((code, reason)),
                     }
                     fed += 1;
-                    if fed % BATCH == 0 && socket.flush().await.is_err() {
-                        return None;
+                    if fed % BATCH == 0 {
+                        within(&self.outbox.0, socket.flush()).await?;
+                        self.ping_if_wanted(&mut socket).await?;
                     }
                 }
-                if socket.flush().await.is_err() {
-                    return None;
-                }
+                within(&self.outbox.0, socket.flush()).await?;
             }
         }
         .or(async { Some(self.outbox.urgent_close().await) })
@@ -387,4 +423,36 @@ impl Writer {
         }
         self.outbox.writer_gone();
     }
+
+    /// Feeds a ping if one is wanted; `None` if the socket failed.
+    async fn ping_if_wanted<S>(&self, socket: &mut WebSocketSender<S>) -> Option<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.outbox.0.ping.swap(false, Ordering::AcqRel) {
+            let ping = socket.feed(WsMessage::Ping(Default::default()));
+            within(&self.outbox.0, ping).await?;
+        }
+        Some(())
+    }
+}
+
+/// A write to the peer, given `patience`: `None` if it failed or took
+/// longer. One that had to wait and then went through is counted in
+/// `unblocked`.
+async fn within<E>(shared: &Shared, write: impl Future<Output = Result<(), E>>) -> Option<()> {
+    let mut write = std::pin::pin!(write);
+    let mut waited = false;
+    let counted = poll_fn(|cx| {
+        let poll = write.as_mut().poll(cx);
+        waited |= poll.is_pending();
+        poll
+    });
+    let result = async_std::future::timeout(shared.patience, counted)
+        .await
+        .ok()?;
+    if waited && result.is_ok() {
+        shared.unblocked.fetch_add(1, Ordering::AcqRel);
+    }
+    result.ok()
 }

@@ -76,7 +76,7 @@ pub fn events(
             ),
         ));
     }
-    let (outbox, _writer) = Outbox::new(app.config.outbox);
+    let (outbox, _writer) = Outbox::new(app.config.outbox, app.config.patience());
     let conn = app.connections.add(&outbox);
     app.metrics.connection_opened();
     async_std::task::spawn(follow(
@@ -238,7 +238,6 @@ impl hyper::body::Body for EventStream {
                     let event = this.event(frame.as_str());
                     this.ready.push_back(event);
                 }
-                Poll::Ready(Some(Item::Ping)) => {}
                 Poll::Ready(Some(Item::Close(code, reason))) if !this.closed => {
                     this.closed = true;
                     this.ready.push_back(closing(code, reason));

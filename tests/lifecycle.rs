@@ -1,6 +1,8 @@
 //! Connections that end badly and servers that stop: a slow reader is closed
-//! with 1013 and loses nothing when it rejoins; SIGTERM and SIGINT close every
-//! WebSocket with 1001 and exit 0.
+//! with 1013 and loses nothing when it rejoins; clients that read nothing
+//! (silent or still sending) are let go, sockets and all, while one that
+//! reads slowly stays; SIGTERM and SIGINT close every WebSocket with 1001 and
+//! exit 0.
 
 mod common;
 
@@ -249,5 +251,118 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
     assert_eq!(
         answer["type"], "history",
         "the answering client is still connected"
+    );
+}
+
+/// Sockets the process holds open (the listener among them).
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// Waits until the process holds `count` sockets.
+fn wait_for_sockets(server: &Server, count: usize, what: &str) {
+    let deadline = Instant::now() + common::WAIT;
+    while sockets_of(server.pid()) != count {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: parlor still holds {} sockets, not {count}",
+            sockets_of(server.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Posts `count` messages of `text` to `room` over HTTP.
+fn fill(server: &Server, room: &str, count: usize, text: &str) {
+    for _ in 0..count {
+        let body = json!({"user":"bot","text":text});
+        let response = common::post_json(&server.addr, &format!("/rooms/{room}/messages"), &body);
+        assert_eq!(response.status, 201, "{}", response.body);
+    }
+}
+
+#[async_std::test]
+async fn clients_that_never_read_are_dropped_and_their_sockets_freed() {
+    let server = Server::start(&["--max-connections", "3", "--ping-interval-ms", "1000"]);
+    // Each message is 24 KB of JSON (U+0001 is escaped as \u0001).
+    fill(&server, "big", 300, &"\u{1}".repeat(4000));
+    let idle = sockets_of(server.pid());
+    let mut stalled = Vec::new();
+    for n in 0..3 {
+        let (mut client, _) = Client::welcomed(&server.ws_url(&format!("?user=stalled{n}"))).await;
+        // 7 MB of replay, and not a byte of it read.
+        client
+            .send(json!({"type":"join","room":"big","history":300}))
+            .await;
+        stalled.push(client.into_inner());
+    }
+    wait_for_sockets(&server, idle + 3, "the stalled clients connected");
+    // They answer no ping and take no byte: gone, though their sockets are
+    // open. The server lets go of every one of them.
+    wait_for_sockets(&server, idle, "clients that read nothing");
+    assert_eq!(common::metric(&server.addr, "parlor_connections"), 0.0);
+    let (_, welcome) = Client::welcomed(&server.ws_url("?user=next")).await;
+    assert_eq!(welcome["type"], "welcome", "the limit has room again");
+    drop(stalled);
+}
+
+#[async_std::test]
+async fn a_client_that_sends_but_never_reads_is_closed() {
+    let server = Server::start(&["--outbox", "64", "--ping-interval-ms", "1000"]);
+    fill(&server, "big", 10, &"x".repeat(4000));
+    let idle = sockets_of(server.pid());
+    let (client, _) = Client::welcomed(&server.ws_url("?user=asker")).await;
+    let mut ws = client.into_inner();
+    // 6,000 requests of 40 KB answers each, none of them read: the client
+    // keeps talking, so it is never silent.
+    let ask = json!({"type":"history","room":"big","limit":10}).to_string();
+    for _ in 0..6000 {
+        if ws
+            .send(async_tungstenite::tungstenite::Message::text(ask.clone()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    wait_for_sockets(
+        &server,
+        idle,
+        "a client that reads nothing of what it asks for",
+    );
+    drop(ws);
+}
+
+#[async_std::test]
+async fn a_slow_reader_that_reads_is_not_taken_for_gone() {
+    let server = Server::start(&["--ping-interval-ms", "500"]);
+    // 24 MB: more than the socket buffers, which hold its pongs back.
+    fill(&server, "big", 1000, &"\u{1}".repeat(4000));
+    let (mut client, _) = Client::welcomed(&server.ws_url("?user=slow")).await;
+    client
+        .send(json!({"type":"join","room":"big","history":1000}))
+        .await;
+    let mut ids = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        match frame["type"].as_str() {
+            Some("message") => ids.push(frame["id"].as_u64().unwrap()),
+            Some("replayed") => break,
+            _ => {}
+        }
+        // About 5 MB a second: slower than the server writes.
+        async_std::task::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
+    let answer = client
+        .request(json!({"type":"history","room":"big","limit":1,"ref":"after"}))
+        .await;
+    assert_eq!(
+        answer["type"], "history",
+        "still connected after the slow replay"
     );
 }
