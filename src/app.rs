@@ -103,15 +103,21 @@ impl App {
     }
 
     /// Reads history for `history` frames and HTTP reads.
+    /// A client's read (`history`, `GET …/messages`), cut to what one frame
+    /// of a connection's outbox may hold.
     pub async fn read(&self, room: &Room, slice: Slice) -> Result<Page, Error> {
-        self.store
+        let from = slice.from;
+        let mut page = self
+            .store
             .log
             .read(room, Read::client(slice))
             .await
             .map_err(|e| {
                 log::warn!("reading room {room} failed: {e}");
                 Error::from(e)
-            })
+            })?;
+        page.fit(self.config.page_bytes(), from);
+        Ok(page)
     }
 }
 

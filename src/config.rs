@@ -120,6 +120,12 @@ pub struct Flags {
     #[argh(option)]
     pub outbox: Option<usize>,
 
+    /// bytes of frames queued for one connection before it is closed as a
+    /// slow reader with 1013; a history page is cut to a quarter of it
+    /// [PARLOR_OUTBOX_BYTES, default 4194304]
+    #[argh(option)]
+    pub outbox_bytes: Option<usize>,
+
     /// milliseconds of silence from a client after which it is pinged; a
     /// client silent for two of them, or that takes no byte of what it is
     /// sent for two of them, is taken for gone and dropped
@@ -334,6 +340,7 @@ pub struct Config {
     pub rate: u32,
     pub burst: u32,
     pub outbox: usize,
+    pub outbox_bytes: usize,
     pub header_timeout_ms: u64,
     pub presence_ttl_ms: u64,
     pub ping_interval_ms: u64,
@@ -412,6 +419,7 @@ impl Config {
             rate: pick(flags.rate, &env, "PARLOR_RATE", 100)?,
             burst: pick(flags.burst, &env, "PARLOR_BURST", 200)?,
             outbox: pick(flags.outbox, &env, "PARLOR_OUTBOX", 4096)?,
+            outbox_bytes: pick(flags.outbox_bytes, &env, "PARLOR_OUTBOX_BYTES", 4 << 20)?,
             ping_interval_ms: pick(
                 flags.ping_interval_ms,
                 &env,
@@ -472,6 +480,13 @@ impl Config {
         Ok(config)
     }
 
+    /// Largest page of history a client's read answers, in bytes of frames:
+    /// a quarter of the outbox, so that a connection's own answers can wait
+    /// at half of it and still fit.
+    pub fn page_bytes(&self) -> usize {
+        self.outbox_bytes / 4
+    }
+
     /// How long a peer may take to show it is there, read what it was sent
     /// or take a byte of a write: two ping intervals.
     pub fn patience(&self) -> std::time::Duration {
@@ -516,6 +531,9 @@ impl Config {
         }
         if self.outbox < 16 {
             return Err("--outbox must be at least 16 frames".into());
+        }
+        if self.outbox_bytes < 64 * 1024 {
+            return Err("--outbox-bytes must be at least 65536".into());
         }
         if self.max_frame < self.max_text + 1024 {
             return Err(format!(

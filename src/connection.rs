@@ -82,7 +82,11 @@ pub fn serve(
     ws: WebSocketStream<TcpStream>,
     params: Params,
 ) -> impl Future<Output = ()> + Send {
-    let (outbox, writer) = Outbox::new(app.config.outbox, app.config.patience());
+    let (outbox, writer) = Outbox::new(
+        app.config.outbox,
+        app.config.outbox_bytes,
+        app.config.patience(),
+    );
     let (sender, receiver) = ws.split();
     let writer = async_std::task::spawn(writer.run(sender));
     read(app, outbox, writer, receiver, params)

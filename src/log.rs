@@ -337,6 +337,30 @@ impl Page {
     pub fn more_after(&self) -> bool {
         self.events.last().is_some_and(|e| e.id < self.head)
     }
+
+    /// Cuts the page to at most `max_bytes` of frames, keeping the events at
+    /// the `from` end of its slice (and always one): a client's page is one
+    /// frame, and its size is what the connection's budget must hold.
+    /// `more_before` and `more_after` then say that there is more.
+    pub fn fit(&mut self, max_bytes: usize, from: End) {
+        let mut total = 0;
+        let mut fits = |event: &Event| {
+            total += event.frame.len();
+            total <= max_bytes
+        };
+        let kept = match from {
+            End::Oldest => self.events.iter().take_while(|e| fits(e)).count(),
+            End::Newest => self.events.iter().rev().take_while(|e| fits(e)).count(),
+        }
+        .max(1)
+        .min(self.events.len());
+        match from {
+            End::Oldest => self.events.truncate(kept),
+            End::Newest => {
+                self.events.drain(..self.events.len() - kept);
+            }
+        }
+    }
 }
 
 /// The store could not answer; the client may retry.
@@ -403,4 +427,53 @@ pub fn now_millis() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page of events 1..=count, each frame `size` bytes.
+    fn page(count: u64, size: usize) -> Page {
+        Page {
+            epoch: Epoch::random(),
+            head: count,
+            first: 1,
+            events: (1..=count)
+                .map(|id| Event {
+                    id,
+                    frame: "x".repeat(size).into(),
+                    nonce: 0,
+                })
+                .collect(),
+            head_nonce: None,
+            marker: 0,
+        }
+    }
+
+    fn ids(page: &Page) -> Vec<u64> {
+        page.events.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn a_page_is_cut_to_its_bytes_from_the_end_it_was_read_from() {
+        let mut newest = page(10, 100);
+        newest.fit(350, End::Newest);
+        assert_eq!(ids(&newest), [8, 9, 10]);
+        assert!(newest.more_before() && !newest.more_after());
+        let mut oldest = page(10, 100);
+        oldest.fit(350, End::Oldest);
+        assert_eq!(ids(&oldest), [1, 2, 3]);
+        assert!(oldest.more_after() && !oldest.more_before());
+        // Always one, however large; a page that fits is left as it is.
+        let mut huge = page(3, 1000);
+        huge.fit(10, End::Newest);
+        assert_eq!(ids(&huge), [3]);
+        let mut small = page(3, 10);
+        small.fit(30, End::Oldest);
+        assert_eq!(ids(&small), [1, 2, 3]);
+        let mut empty = page(0, 10);
+        empty.fit(10, End::Oldest);
+        assert!(empty.events.is_empty());
+    }
 }

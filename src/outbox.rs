@@ -2,11 +2,13 @@
 //! and the writer task that alone writes them.
 //!
 //! Fan-out must never wait for one slow client, so it only `offer`s: when a
-//! connection already has `limit` frames queued, its reader is too far behind
-//! and the connection is closed with 1013 (it rejoins with `since` and loses
-//! nothing). The connection's own answers (acks, replays) `push`, which waits
-//! while the outbox is half full, so a client that asks for a lot without
-//! reading slows down only itself and fan-out keeps room to deliver.
+//! connection already has `limit` frames or `byte_limit` bytes queued, its
+//! reader is too far behind and the connection is closed with 1013 (it
+//! rejoins with `since` and loses nothing). The connection's own answers
+//! (acks, replays, history pages, each cut to a quarter of the bytes)
+//! `push`, which waits while the outbox is half full, so a client that asks
+//! for a lot without reading slows down only itself, fan-out keeps room to
+//! deliver, and what one connection holds is bounded in bytes.
 //!
 //! The queue is a `VecDeque` under a mutex, with the writer's waker beside
 //! it: an idle connection holds no queue space, no channel and no listener,
@@ -61,9 +63,11 @@ pub struct Outbox(Arc<Shared>);
 
 struct Shared {
     state: Mutex<State>,
-    /// Frames queued and not yet written, for the limits.
+    /// Frames queued and not yet written, and their bytes, for the limits.
     queued: AtomicUsize,
+    bytes: AtomicUsize,
     limit: usize,
+    byte_limit: usize,
     /// How long the peer may take anything: see the module's header.
     patience: Duration,
     /// A WebSocket ping is wanted, ahead of the queued frames.
@@ -110,11 +114,14 @@ impl State {
 pub struct Closed;
 
 impl Outbox {
-    pub fn new(limit: usize, patience: Duration) -> (Outbox, Writer) {
+    /// An outbox of at most `limit` frames and `byte_limit` bytes of them.
+    pub fn new(limit: usize, byte_limit: usize, patience: Duration) -> (Outbox, Writer) {
         let outbox = Outbox(Arc::new(Shared {
             state: Mutex::new(State::default()),
             queued: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             limit,
+            byte_limit,
             patience,
             ping: AtomicBool::new(false),
             unblocked: AtomicU64::new(0),
@@ -126,14 +133,15 @@ impl Outbox {
         (outbox, writer)
     }
 
-    /// Queues a frame without waiting. A connection whose queue is full is
-    /// closed with 1013 instead.
+    /// Queues a frame without waiting. A connection whose queue is full (in
+    /// frames, or in bytes with this one) is closed with 1013 instead.
     pub fn offer(&self, frame: Frame) -> Result<(), Refused> {
         let mut state = lock(&self.0.state);
         if state.closed {
             return Err(Refused::Closed);
         }
-        if self.0.queued.load(Ordering::Relaxed) >= self.0.limit {
+        let bytes = self.0.bytes.load(Ordering::Relaxed) + frame.len();
+        if self.0.queued.load(Ordering::Relaxed) >= self.0.limit || bytes > self.0.byte_limit {
             drop(state);
             self.close_now(
                 TRY_AGAIN_LATER,
@@ -175,20 +183,27 @@ impl Outbox {
         }
     }
 
-    /// Resolves once fewer than half the limit are queued, or on close.
+    /// Resolves once less than half of either limit is queued, or on close.
     async fn room_for_more(&self) {
         loop {
-            if self.is_closed() || self.0.queued.load(Ordering::Acquire) < self.0.limit / 2 {
+            if self.is_closed() || !self.half_full() {
                 return;
             }
             let listener = self.0.drained.listen();
             // Checked again after listening, so a wake-up between the check and
             // the listen is not missed.
-            if self.0.queued.load(Ordering::Acquire) < self.0.limit / 2 || self.is_closed() {
+            if !self.half_full() || self.is_closed() {
                 continue;
             }
             listener.await;
         }
+    }
+
+    /// Whether half the frames or half the bytes the outbox may hold are
+    /// queued: a connection's own answers wait then.
+    fn half_full(&self) -> bool {
+        self.0.queued.load(Ordering::Acquire) >= self.0.limit / 2
+            || self.0.bytes.load(Ordering::Acquire) >= self.0.byte_limit / 2
     }
 
     /// Appends an item unless the outbox is closed; returns whether it did.
@@ -202,8 +217,9 @@ impl Outbox {
     }
 
     fn append(&self, state: &mut State, item: Item) {
-        if matches!(item, Item::Frame(_)) {
+        if let Item::Frame(frame) = &item {
             self.0.queued.fetch_add(1, Ordering::AcqRel);
+            self.0.bytes.fetch_add(frame.len(), Ordering::AcqRel);
         }
         state.items.push_back(item);
         state.wake_writer();
@@ -314,8 +330,8 @@ impl Outbox {
         match state.items.pop_front() {
             Some(item) => {
                 drop(state);
-                if matches!(item, Item::Frame(_)) {
-                    self.taken();
+                if let Item::Frame(frame) = &item {
+                    self.taken(frame.len());
                 }
                 Poll::Ready(Some(item))
             }
@@ -327,11 +343,13 @@ impl Outbox {
         }
     }
 
-    /// Counts a frame out. A `push` waits only while half the limit is
-    /// queued, so only the step below that wakes anyone (and an `Event`
-    /// allocates on its first notification: idle connections never pay).
-    fn taken(&self) {
-        if self.0.queued.fetch_sub(1, Ordering::AcqRel) == self.0.limit / 2 {
+    /// Counts a frame of `len` bytes out, and wakes a waiting `push` once
+    /// the outbox is below half full (the notification costs an atomic load
+    /// while nobody listens: idle connections never pay).
+    fn taken(&self, len: usize) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        self.0.bytes.fetch_sub(len, Ordering::AcqRel);
+        if !self.half_full() {
             self.0.drained.notify(usize::MAX);
         }
     }
@@ -345,6 +363,7 @@ impl Outbox {
         state.wake_reader();
         drop(state);
         self.0.queued.store(0, Ordering::Release);
+        self.0.bytes.store(0, Ordering::Release);
         self.0.drained.notify(usize::MAX);
     }
 
@@ -398,8 +417,9 @@ impl Writer {
                 while let Some(item) = batch.pop_front() {
                     match item {
                         Item::Frame(frame) => {
+                            let len = frame.len();
                             within(&self.outbox.0, socket.feed(WsMessage::Text(frame))).await?;
-                            self.outbox.taken();
+                            self.outbox.taken(len);
                         }
                         Item::Close(code, reason) => return Some((code, reason)),
                     }

@@ -76,7 +76,11 @@ pub fn events(
             ),
         ));
     }
-    let (outbox, _writer) = Outbox::new(app.config.outbox, app.config.patience());
+    let (outbox, _writer) = Outbox::new(
+        app.config.outbox,
+        app.config.outbox_bytes,
+        app.config.patience(),
+    );
     let conn = app.connections.add(&outbox);
     app.metrics.connection_opened();
     async_std::task::spawn(follow(

@@ -339,3 +339,51 @@ async fn typing_goes_to_the_others_in_the_room_and_is_never_stored() {
     assert_eq!(answer["type"], "history");
     assert_eq!(alice.say("t", "first message").await, 1);
 }
+
+#[async_std::test]
+async fn a_history_page_is_cut_to_its_byte_budget_and_pages_on() {
+    // A quarter of a 1 MiB outbox: pages of at most 256 KiB of messages.
+    let server = Server::start(&["--outbox-bytes", "1048576"]);
+    for i in 1..=200 {
+        let body = json!({"user":"bot","text":format!("{i:04}{}", "x".repeat(4000))});
+        let response = common::post_json(&server.addr, "/rooms/long/messages", &body);
+        assert_eq!(response.status, 201);
+    }
+    let (mut client, _) = Client::welcomed(&server.ws_url("?user=reader")).await;
+    let mut seen = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut ask = json!({"type":"history","room":"long","limit":1000,"ref":"page"});
+        if let Some(before) = before {
+            ask["before"] = json!(before);
+        }
+        let page = client.request(ask).await;
+        let messages = page["messages"].as_array().unwrap().clone();
+        assert!(
+            page.to_string().len() <= 256 * 1024 + 1024,
+            "a page within its budget"
+        );
+        let mut ids = ids(&messages);
+        before = ids.first().copied();
+        ids.extend(seen);
+        seen = ids;
+        if page["more"] == false {
+            break;
+        }
+        assert!(messages.len() < 200, "cut short, with more to read");
+    }
+    assert_eq!(
+        seen,
+        (1..=200).collect::<Vec<_>>(),
+        "paging on reads every message once"
+    );
+    // Over HTTP, the same budget.
+    let page = common::get(&server.addr, "/rooms/long/messages?since=0&limit=1000").json();
+    let messages = page["messages"].as_array().unwrap();
+    assert!(
+        messages.len() < 200 && page["more"] == true,
+        "{}",
+        messages.len()
+    );
+    assert_eq!(messages[0]["id"], 1, "a since read keeps the oldest");
+}

@@ -288,9 +288,11 @@ fn fill(server: &Server, room: &str, count: usize, text: &str) {
 #[async_std::test]
 async fn clients_that_never_read_are_dropped_and_their_sockets_freed() {
     let server = Server::start(&["--max-connections", "3", "--ping-interval-ms", "1000"]);
+    // What it holds with no connection: the listener, the signal pipe.
+    let idle = sockets_of(server.pid());
     // Each message is 24 KB of JSON (U+0001 is escaped as \u0001).
     fill(&server, "big", 300, &"\u{1}".repeat(4000));
-    let idle = sockets_of(server.pid());
+    wait_for_sockets(&server, idle, "the fill's connections closed");
     let mut stalled = Vec::new();
     for n in 0..3 {
         let (mut client, _) = Client::welcomed(&server.ws_url(&format!("?user=stalled{n}"))).await;
@@ -313,8 +315,10 @@ async fn clients_that_never_read_are_dropped_and_their_sockets_freed() {
 #[async_std::test]
 async fn a_client_that_sends_but_never_reads_is_closed() {
     let server = Server::start(&["--outbox", "64", "--ping-interval-ms", "1000"]);
-    fill(&server, "big", 10, &"x".repeat(4000));
+    // What it holds with no connection: the listener, the signal pipe.
     let idle = sockets_of(server.pid());
+    fill(&server, "big", 10, &"x".repeat(4000));
+    wait_for_sockets(&server, idle, "the fill's connections closed");
     let (client, _) = Client::welcomed(&server.ws_url("?user=asker")).await;
     let mut ws = client.into_inner();
     // 6,000 requests of 40 KB answers each, none of them read: the client
@@ -339,8 +343,10 @@ async fn a_client_that_sends_but_never_reads_is_closed() {
 
 #[async_std::test]
 async fn a_slow_reader_that_reads_is_not_taken_for_gone() {
-    let server = Server::start(&["--ping-interval-ms", "500"]);
-    // 24 MB: more than the socket buffers, which hold its pongs back.
+    let server = Server::start(&["--ping-interval-ms", "2000"]);
+    // 24 MB, read at about 5 MB a second: the pings of the server must not
+    // wait behind what is queued for it, nor its writes be taken for a
+    // peer that is gone.
     fill(&server, "big", 1000, &"\u{1}".repeat(4000));
     let (mut client, _) = Client::welcomed(&server.ws_url("?user=slow")).await;
     client
@@ -348,13 +354,15 @@ async fn a_slow_reader_that_reads_is_not_taken_for_gone() {
         .await;
     let mut ids = Vec::new();
     loop {
-        let frame = client.recv().await;
+        let frame = match client.recv_raw().await {
+            Some(frame) => frame,
+            None => panic!("closed after {} messages: {}", ids.len(), server.log()),
+        };
         match frame["type"].as_str() {
             Some("message") => ids.push(frame["id"].as_u64().unwrap()),
             Some("replayed") => break,
             _ => {}
         }
-        // About 5 MB a second: slower than the server writes.
         async_std::task::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(ids, (1..=1000).collect::<Vec<_>>());
@@ -365,4 +373,35 @@ async fn a_slow_reader_that_reads_is_not_taken_for_gone() {
         answer["type"], "history",
         "still connected after the slow replay"
     );
+}
+
+#[async_std::test]
+async fn history_answers_never_read_cost_bounded_memory() {
+    let server = Server::start(&[]);
+    // 1,000 messages of 24 KB of JSON each: a page of all of them would be
+    // 24 MB.
+    fill(&server, "big", 1000, &"\u{1}".repeat(4000));
+    let (mut reader, _) = Client::welcomed(&server.ws_url("?user=reader")).await;
+    let page = reader
+        .request(json!({"type":"history","room":"big","limit":1000,"ref":"warm"}))
+        .await;
+    let before = rss_kib(server.pid());
+    // 60 pages asked for and never read.
+    let (asker, _) = Client::welcomed(&server.ws_url("?user=asker")).await;
+    let mut ws = asker.into_inner();
+    let ask = json!({"type":"history","room":"big","limit":1000}).to_string();
+    for _ in 0..60 {
+        ws.send(async_tungstenite::tungstenite::Message::text(ask.clone()))
+            .await
+            .unwrap();
+    }
+    // The answers it can hold are queued by then, and the rest wait.
+    async_std::task::sleep(Duration::from_secs(2)).await;
+    let growth_mib = rss_kib(server.pid()).saturating_sub(before) / 1024;
+    eprintln!(
+        "60 unread history pages of {} messages: parlor's memory grew by {growth_mib} MiB",
+        page["messages"].as_array().unwrap().len()
+    );
+    assert!(growth_mib < 32, "memory grew by {growth_mib} MiB");
+    drop(ws);
 }
