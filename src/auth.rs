@@ -2,41 +2,23 @@
 //! server's secret, checked before a WebSocket upgrade or an HTTP request does
 //! anything.
 //!
-//! Claims: `sub` (the user), `exp`, and optionally `rooms`, a list of room
-//! names or prefixes ending in `*`. Only HS256 is accepted, so `alg: none` and
-//! every other algorithm are refused, and expiry has no leeway: a token is
-//! good until its `exp` second and not after.
+//! Claims: `sub` (the user), `exp`, and optionally `nbf`, `rooms` (a list of
+//! room names or prefixes ending in `*`) and `mod`; `token.rs` reads and
+//! signs them. Expiry has no leeway: a token is good until its `exp` second
+//! and not after. A `sub` must be a user name as it is (not one that becomes
+//! a name once trimmed): one user is one string everywhere.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Room, User};
+use crate::token::{self, Claims};
 
 /// How requests are let in: open, as in the demo, or by token.
 pub enum Access {
     Open,
-    /// Boxed: the key and validation rules are large, and there is one.
-    Token(Box<Verifier>),
-}
-
-/// Checks tokens signed with one secret.
-pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rooms: Option<Vec<String>>,
-    /// A moderator may delete anyone's messages.
-    #[serde(default, rename = "mod", skip_serializing_if = "std::ops::Not::not")]
-    moderator: bool,
+    /// Tokens signed with this secret.
+    Token(Vec<u8>),
 }
 
 /// A client as its token describes it.
@@ -99,15 +81,7 @@ impl Access {
     pub fn new(secret: Option<&str>) -> Access {
         match secret {
             None => Access::Open,
-            Some(secret) => {
-                let mut validation = Validation::new(Algorithm::HS256);
-                validation.leeway = 0;
-                validation.set_required_spec_claims(&["exp", "sub"]);
-                Access::Token(Box::new(Verifier {
-                    key: DecodingKey::from_secret(secret.as_bytes()),
-                    validation,
-                }))
-            }
+            Some(secret) => Access::Token(secret.as_bytes().to_vec()),
         }
     }
 
@@ -129,7 +103,7 @@ impl Access {
                     expires: u64::MAX,
                 }),
             }),
-            Access::Token(verifier) => verifier.verify(token).map(Some),
+            Access::Token(secret) => verify(secret, token).map(Some),
         }
     }
 
@@ -138,26 +112,26 @@ impl Access {
     }
 }
 
-impl Verifier {
-    fn verify(&self, token: Option<&str>) -> Result<Identity, Error> {
-        let unauthorized = |why: String| Error::new(ErrorCode::Unauthorized, why);
-        let token = token.ok_or_else(|| {
-            unauthorized(
-                "a token is required: ?token= on /ws, Authorization: Bearer over HTTP".into(),
-            )
+/// The identity of a token signed with `secret`, or `unauthorized`.
+fn verify(secret: &[u8], token: Option<&str>) -> Result<Identity, Error> {
+    let unauthorized = |why: String| Error::new(ErrorCode::Unauthorized, why);
+    let token = token.ok_or_else(|| {
+        unauthorized("a token is required: ?token= on /ws, Authorization: Bearer over HTTP".into())
+    })?;
+    let claims = token::verify(secret, token, now_secs())
+        .map_err(|why| unauthorized(format!("the token is not valid: {why}")))?;
+    let user = User::parse(&claims.sub)
+        .ok()
+        .filter(|user| user.as_str() == claims.sub)
+        .ok_or_else(|| {
+            unauthorized("the token's sub is not a user name as it stands (1 to 64 characters, no control or invisible ones, nothing to trim)".into())
         })?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| unauthorized(format!("the token is not valid: {e}")))?;
-        let claims = data.claims;
-        let user = User::parse(&claims.sub)
-            .map_err(|_| unauthorized("the token's sub is not a valid user name".into()))?;
-        Ok(Identity {
-            user,
-            rooms: claims.rooms,
-            moderator: claims.moderator,
-            expires: claims.exp,
-        })
-    }
+    Ok(Identity {
+        user,
+        rooms: claims.rooms,
+        moderator: claims.moderator,
+        expires: claims.exp,
+    })
 }
 
 /// What a token says of its user.
@@ -172,18 +146,17 @@ pub struct Grant {
 /// Signs a token for a grant.
 pub fn issue(secret: &str, grant: Grant) -> Result<String, String> {
     User::parse(&grant.sub).map_err(|e| format!("--sub: {}", e.message))?;
+    if User::parse(&grant.sub).is_ok_and(|user| user.as_str() != grant.sub) {
+        return Err("--sub: a user name has nothing to trim around it".into());
+    }
     let claims = Claims {
         sub: grant.sub,
-        exp: now_secs() + grant.ttl.as_secs(),
+        exp: now_secs().saturating_add(grant.ttl.as_secs()),
+        nbf: None,
         rooms: grant.rooms,
         moderator: grant.moderator,
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .map_err(|e| format!("cannot sign the token: {e}"))
+    Ok(token::sign(secret.as_bytes(), &claims))
 }
 
 /// Reads a time-to-live such as `90`, `90s`, `30m`, `1h` or `7d`.
@@ -257,28 +230,26 @@ mod tests {
             ttl: Duration::from_secs(60),
         };
         let other_key = issue("other", grant).unwrap();
-        let expired = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
+        let expired = token::sign(
+            b"s3cret",
             &Claims {
                 sub: "alice".into(),
                 exp: now_secs() - 10,
+                nbf: None,
                 rooms: None,
                 moderator: false,
             },
-            &EncodingKey::from_secret(b"s3cret"),
-        )
-        .unwrap();
-        let hs384 = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS384),
-            &Claims {
-                sub: "alice".into(),
-                exp: now_secs() + 60,
+        );
+        let padded = issue(
+            "s3cret",
+            Grant {
+                sub: " alice ".into(),
                 rooms: None,
                 moderator: false,
+                ttl: Duration::from_secs(60),
             },
-            &EncodingKey::from_secret(b"s3cret"),
-        )
-        .unwrap();
+        );
+        assert!(padded.is_err(), "a sub with spaces around it is not signed");
         // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} . (no signature)
         let none =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
@@ -287,7 +258,6 @@ mod tests {
             Some("garbage"),
             Some(other_key.as_str()),
             Some(expired.as_str()),
-            Some(hs384.as_str()),
             Some(none),
         ] {
             let err = access.identify(token, Some("alice")).unwrap_err();

@@ -54,7 +54,7 @@ impl fmt::Debug for Room {
 }
 
 /// A user's display name: 1 to 64 characters of any Unicode except control
-/// characters, with surrounding whitespace trimmed.
+/// and invisible characters, with surrounding whitespace trimmed.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct User(Arc<str>);
 
@@ -62,10 +62,10 @@ impl User {
     pub fn parse(raw: &str) -> Result<User, Error> {
         let trimmed = raw.trim();
         let chars = trimmed.chars().count();
-        if chars == 0 || chars > NAME_MAX_CHARS || trimmed.chars().any(char::is_control) {
+        if chars == 0 || chars > NAME_MAX_CHARS || has_unseen(trimmed) {
             return Err(Error::new(
                 ErrorCode::InvalidName,
-                "user must be 1 to 64 characters, without control characters",
+                "user must be 1 to 64 characters, without control or invisible characters",
             ));
         }
         Ok(User(trimmed.into()))
@@ -91,6 +91,38 @@ impl fmt::Debug for User {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
     }
+}
+
+/// Whether `name` holds a control character or one that changes how it
+/// reads without being seen. The one exception is a zero-width joiner
+/// between two pictographs, which is how emoji such as 👩‍💻 are written.
+fn has_unseen(name: &str) -> bool {
+    let chars: Vec<char> = name.chars().collect();
+    chars.iter().enumerate().any(|(i, &c)| {
+        let in_emoji = c == '\u{200d}'
+            && i > 0
+            && chars.get(i + 1).is_some_and(|&next| is_pictograph(next))
+            && is_pictograph(chars[i - 1]);
+        c.is_control() || (is_invisible(c) && !in_emoji)
+    })
+}
+
+/// Characters of the emoji blocks (and the variation selector that asks for
+/// emoji presentation), the ones a zero-width joiner may join.
+fn is_pictograph(c: char) -> bool {
+    matches!(c, '\u{2600}'..='\u{27bf}' | '\u{fe0f}' | '\u{1f000}'..='\u{1faff}')
+}
+
+/// Characters that change how a name reads without being seen: Unicode's
+/// format characters (bidirectional overrides, zero-width joiners and
+/// spaces, the byte order mark, the soft hyphen, …) and the line and
+/// paragraph separators. A name holding one could pass for another.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{600}'..='\u{605}' | '\u{61c}' | '\u{6dd}' | '\u{70f}' | '\u{180e}'
+        | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}'
+        | '\u{1d173}'..='\u{1d17a}' | '\u{e0001}' | '\u{e0020}'..='\u{e007f}')
 }
 
 /// Message text: at most `max_bytes` of UTF-8 with at least one non-whitespace
@@ -182,9 +214,13 @@ mod tests {
     }
 
     #[test]
-    fn user_names_are_trimmed_and_refuse_control_characters() {
+    fn user_names_are_trimmed_and_refuse_control_and_invisible_characters() {
         assert_eq!(User::parse("  alice ").unwrap().as_str(), "alice");
         assert_eq!(User::parse("Zoë 🎉").unwrap().as_str(), "Zoë 🎉");
+        assert_eq!(
+            User::parse("dev 👩\u{200d}💻").unwrap().as_str(),
+            "dev 👩\u{200d}💻"
+        );
         assert_eq!(
             User::parse(&"é".repeat(64))
                 .unwrap()
@@ -193,7 +229,18 @@ mod tests {
                 .count(),
             64
         );
-        for bad in ["", "   ", "a\u{7}b", "line\nbreak", &"é".repeat(65)] {
+        let unseen = [
+            "alice\u{202e}nimda",
+            "al\u{200d}ice",
+            "al\u{200b}ice",
+            "para\u{2028}graph",
+            "\u{feff}bom",
+            "👩\u{200d}",
+        ];
+        for bad in ["", "   ", "a\u{7}b", "line\nbreak", &"é".repeat(65)]
+            .into_iter()
+            .chain(unseen)
+        {
             assert_eq!(
                 User::parse(bad).unwrap_err().code,
                 ErrorCode::InvalidName,

@@ -40,4 +40,5 @@ pub mod sends;
 pub mod server;
 pub mod sse;
 pub mod store;
+pub mod token;
 pub mod topology;

@@ -55,13 +55,40 @@ fn handshake(addr: &str, query: &str, headers: &str) -> common::Response {
     }
 }
 
-fn signed(claims: serde_json::Value, alg: jsonwebtoken::Algorithm) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(alg),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+/// A token with `claims`, signed here (not by parlor) with HS256, or HS512
+/// when `alg` says so, and `secret`.
+/// (RS256 is signed with HMAC-SHA256 too: the attack of a token that names
+/// an asymmetric algorithm but is signed with the shared secret.)
+fn signed_with(claims: serde_json::Value, alg: &str, secret: &[u8]) -> String {
+    signed_under(json!({"alg":alg,"typ":"JWT"}), claims, secret)
+}
+
+/// A token with its own `header`, signed as `signed_with` says.
+fn signed_under(header: serde_json::Value, claims: serde_json::Value, secret: &[u8]) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let alg = header["alg"].as_str().unwrap_or_default().to_owned();
+    let header = URL_SAFE_NO_PAD.encode(header.to_string());
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let signature = match alg.as_str() {
+        "HS512" => {
+            let mut mac = Hmac::<sha2::Sha512>::new_from_slice(secret).unwrap();
+            mac.update(signed.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+        _ => {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+            mac.update(signed.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        }
+    };
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+fn signed(claims: serde_json::Value, alg: &str) -> String {
+    signed_with(claims, alg, SECRET.as_bytes())
 }
 
 fn now() -> u64 {
@@ -74,31 +101,47 @@ fn now() -> u64 {
 #[async_std::test]
 async fn bad_tokens_are_refused_before_the_upgrade() {
     let server = Server::start(&["--secret", SECRET]);
-    let expired = signed(
-        json!({"sub":"alice","exp":now() - 60}),
-        jsonwebtoken::Algorithm::HS256,
-    );
-    let hs512 = signed(
+    let expired = signed(json!({"sub":"alice","exp":now() - 60}), "HS256");
+    let hs512 = signed(json!({"sub":"alice","exp":now() + 60}), "HS512");
+    let rs256 = signed(json!({"sub":"alice","exp":now() + 60}), "RS256");
+    let no_exp = signed(json!({"sub":"alice"}), "HS256");
+    let crit = signed_under(
+        json!({"alg":"HS256","crit":["exp"]}),
         json!({"sub":"alice","exp":now() + 60}),
-        jsonwebtoken::Algorithm::HS512,
+        SECRET.as_bytes(),
     );
-    let no_exp = signed(json!({"sub":"alice"}), jsonwebtoken::Algorithm::HS256);
     // {"alg":"none"} with a valid-looking payload and no signature.
     let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
-    let other_secret = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub":"alice","exp":now() + 60}),
-        &jsonwebtoken::EncodingKey::from_secret(b"another secret"),
-    )
-    .unwrap();
+    let other_secret = signed_with(
+        json!({"sub":"alice","exp":now() + 60}),
+        "HS256",
+        b"another secret",
+    );
+    let not_yet = signed(
+        json!({"sub":"alice","exp":now() + 7200,"nbf":now() + 3600}),
+        "HS256",
+    );
+    let padded = signed(json!({"sub":"  alice\u{a0}","exp":now() + 60}), "HS256");
+    let override_ = signed(
+        json!({"sub":"alice\u{202e}nimda","exp":now() + 60}),
+        "HS256",
+    );
     for (what, query) in [
         ("no token", "?user=alice&room=general".to_owned()),
         ("garbage", "?token=garbage".to_owned()),
         ("expired", format!("?token={expired}")),
         ("HS512", format!("?token={hs512}")),
         ("no exp", format!("?token={no_exp}")),
+        ("RS256 with the secret", format!("?token={rs256}")),
+        ("a crit header", format!("?token={crit}")),
         ("alg none", format!("?token={none}")),
         ("another secret", format!("?token={other_secret}")),
+        ("nbf an hour away", format!("?token={not_yet}")),
+        ("a sub to trim", format!("?token={padded}")),
+        (
+            "a sub with a right-to-left override",
+            format!("?token={override_}"),
+        ),
     ] {
         let response = handshake(&server.addr, &query, "");
         assert_eq!(response.status, 401, "{what}: {}", response.body);
@@ -143,6 +186,25 @@ async fn the_token_decides_the_user_and_the_rooms() {
     // A forbidden ?room= is refused before the upgrade.
     let refused = handshake(&server.addr, &format!("?token={alice}&room=secret"), "");
     assert_eq!(refused.status, 403);
+    // "rooms": null, as an issuer's empty list may come out, is no room.
+    let none = signed(
+        json!({"sub":"nobody","exp":now() + 60,"rooms":null}),
+        "HS256",
+    );
+    let (mut c, _) = Client::welcomed(&server.ws_url(&format!("?token={none}"))).await;
+    let answer = c
+        .request(json!({"type":"join","room":"lobby","ref":"j"}))
+        .await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+    // Header fields parlor does not use (a key id, a key URL) change nothing.
+    let keyed = signed_under(
+        json!({"alg":"HS256","kid":"other","jku":"https://evil.example/keys"}),
+        json!({"sub":"carol","exp":now() + 60,"rooms":["lobby"]}),
+        SECRET.as_bytes(),
+    );
+    let (mut c, welcome) = Client::welcomed(&server.ws_url(&format!("?token={keyed}"))).await;
+    assert_eq!(welcome["user"], "carol");
+    c.join(json!({"type":"join","room":"lobby"})).await;
 }
 
 #[async_std::test]
