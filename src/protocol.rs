@@ -219,7 +219,7 @@ fn decode_request(mut object: Map<String, Value>, limits: &Limits) -> Result<Req
         },
         "history" => {
             let room = fields.room()?;
-            let before = fields.integer("before")?;
+            let before = before_bound(fields.integer("before")?)?;
             let limit = page_size(fields.integer("limit")?, 1, limits, "limit")?;
             Request::History {
                 room,
@@ -260,6 +260,18 @@ pub fn replay(
         }),
         (None, _) if epoch.is_some() => Err(Error::bad_request("epoch goes with since")),
         (None, history) => Ok(Replay::Recent(page_size(history, 0, limits, "history")?)),
+    }
+}
+
+/// A `before` from the client: ids start at 1, so `before` is at least 1
+/// (`before: 1` is a valid question with an empty answer). The one rule for
+/// `history` and `GET /rooms/{room}/messages`.
+pub fn before_bound(value: Option<u64>) -> Result<Option<u64>, Error> {
+    match value {
+        Some(0) => Err(Error::bad_request(
+            "before must be at least 1: ids start at 1",
+        )),
+        other => Ok(other),
     }
 }
 

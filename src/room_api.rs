@@ -236,7 +236,7 @@ pub async fn read_messages(
 ) -> Result<Response<Body>, Error> {
     let limit = protocol::page_size(query.integer("limit")?, 1, &app.limits, "limit")?;
     let since = query.integer("since")?;
-    let before = query.integer("before")?;
+    let before = protocol::before_bound(query.integer("before")?)?;
     let epoch = query.get("epoch");
     if epoch.is_some() && since.is_none() {
         return Err(Error::bad_request("epoch goes with since"));

@@ -443,3 +443,44 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
     // Meanwhile the server still serves everyone else.
     assert_eq!(get(&server.addr, "/healthz").status, 200);
 }
+
+/// Bounds at the edges of the id range, on both stores: `before` 0 is a
+/// client's mistake (400), `before` 1 and a `since` past every id are
+/// questions with empty answers (200), and none of them looks like a Redis
+/// failure (no 503, no Redis error counted, which would trip an alert).
+#[async_std::test]
+async fn bounds_at_the_edges_are_answered_never_taken_for_redis_failures() {
+    let redis = common::Redis::start();
+    let memory = Server::start(&[]);
+    let on_redis = Server::start(&["--redis", &redis.url()]);
+    for server in [&memory, &on_redis] {
+        let a = &server.addr;
+        assert_eq!(
+            post_json(a, "/rooms/edge/messages", &json!({"user":"u","text":"one"})).status,
+            201
+        );
+        let p = "/rooms/edge/messages";
+        let before_zero = get(a, &format!("{p}?before=0"));
+        assert_eq!(before_zero.status, 400, "{}", before_zero.body);
+        assert_eq!(before_zero.error_code(), "bad_request");
+        for query in ["before=1", "since=18446744073709551615", "since=1"] {
+            let page = get(a, &format!("{p}?{query}"));
+            assert_eq!(page.status, 200, "{query}: {}", page.body);
+            assert_eq!(page.json()["messages"], json!([]), "{query}");
+        }
+        let (mut c, _) = Client::welcomed(&server.ws_url("")).await;
+        refused(
+            &mut c,
+            r#"{"type":"history","room":"edge","before":0,"ref":"b0"}"#,
+            "bad_request",
+            Some("b0"),
+        )
+        .await;
+        let (joined, replayed, _) = c
+            .join(json!({"type":"join","room":"edge","since":u64::MAX}))
+            .await;
+        assert_eq!(joined["head"], 1, "{joined}");
+        assert!(replayed.is_empty(), "{replayed:?}");
+        assert_eq!(common::metric(a, "parlor_redis_errors_total"), 0.0);
+    }
+}

@@ -32,12 +32,14 @@ if #oldest > 0 then
 end
 
 local entries = {}
-if limit > 0 then
+local below = head + 1
+if before ~= '+' then
+  below = math.min(below, tonumber(before))
+end
+-- An empty range (nothing between after and below) reads nothing: Redis
+-- refuses an exclusive range that ends below its start.
+if limit > 0 and below > tonumber(after) + 1 then
   local lo = '(' .. after .. '-0'
-  local below = head + 1
-  if before ~= '+' then
-    below = math.min(below, tonumber(before))
-  end
   local hi = '(' .. below .. '-0'
   if from == 'oldest' then
     entries = redis.call('XRANGE', room.stream, lo, hi, 'COUNT', limit)
