@@ -17,6 +17,7 @@ use crate::lock::lock;
 use crate::log::{Append, Outcome, Page, Read, Slice};
 use crate::metrics::Metrics;
 use crate::order::{self, ConnId};
+use crate::origin::Origins;
 use crate::outbox::Outbox;
 use crate::presence::Presence;
 use crate::protocol::Limits;
@@ -27,6 +28,8 @@ pub struct App {
     pub config: Config,
     /// Open, or by token when `--secret` is set.
     pub access: Access,
+    /// Which pages may connect and change rooms.
+    pub origins: Origins,
     pub limits: Limits,
     pub store: Store,
     pub rooms: Rooms,
@@ -60,6 +63,7 @@ impl App {
         });
         App {
             access: Access::new(config.secret.as_deref()),
+            origins: config.origins().expect("checked with the configuration"),
             limits: Limits {
                 max_text_bytes: config.max_text,
                 max_page: config.max_page,

@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use argh::FromArgs;
 
+use crate::origin::Origins;
+
 /// parlor: a chat server over WebSocket, HTTP and server-sent events. Each
 /// flag can also be set by the environment variable named in its
 /// description; the flag wins.
@@ -159,13 +161,26 @@ pub struct Flags {
     pub log_format: Option<String>,
 
     /// HS256 secret: turns auth on, so every connection and request needs a
-    /// token signed with it [PARLOR_SECRET, default: none, open to anyone]
+    /// token signed with it; 32 bytes or more, such as from openssl rand
+    /// -base64 32 [PARLOR_SECRET, default: none, open to anyone]
     #[argh(option)]
     pub secret: Option<String>,
 
-    /// origins whose pages may open WebSockets here, comma-separated, such
-    /// as https://chat.example.com; a page served by parlor itself is always
-    /// allowed [PARLOR_ALLOWED_ORIGINS, default: any origin]
+    /// a file that holds the secret, kept out of ps and shell history
+    /// [PARLOR_SECRET_FILE]
+    #[argh(option)]
+    pub secret_file: Option<String>,
+
+    /// the URLs people open parlor at, comma-separated, such as
+    /// https://chat.example.com: their pages may connect and change rooms,
+    /// and requests for other host names are refused [PARLOR_PUBLIC_URL,
+    /// default: none, the loopback addresses on --port]
+    #[argh(option)]
+    pub public_url: Option<String>,
+
+    /// other origins whose pages may connect and change rooms,
+    /// comma-separated, or *; with this or --public-url, other origins are
+    /// refused [PARLOR_ALLOWED_ORIGINS, default: any origin]
     #[argh(option)]
     pub allowed_origins: Option<String>,
 
@@ -280,6 +295,10 @@ pub struct TokenFlags {
     #[argh(option)]
     pub secret: Option<String>,
 
+    /// a file that holds the server's secret [PARLOR_SECRET_FILE]
+    #[argh(option)]
+    pub secret_file: Option<String>,
+
     /// the user the token speaks for
     #[argh(option)]
     pub sub: String,
@@ -348,7 +367,9 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
     pub secret: Option<String>,
-    /// `None`: any origin may connect.
+    /// `--public-url`s, as given.
+    pub public_urls: Vec<String>,
+    /// `None`: not given.
     pub allowed_origins: Option<Vec<String>>,
 }
 
@@ -465,16 +486,16 @@ impl Config {
                     ))
                 }
             },
-            secret: Config::secret(flags.secret, &env),
+            secret: Config::secret(flags.secret, flags.secret_file, &env)?,
+            public_urls: flags
+                .public_url
+                .or_else(|| env("PARLOR_PUBLIC_URL"))
+                .map(|list| comma_list(&list))
+                .unwrap_or_default(),
             allowed_origins: flags
                 .allowed_origins
                 .or_else(|| env("PARLOR_ALLOWED_ORIGINS"))
-                .map(|list| {
-                    list.split(',')
-                        .map(|o| o.trim().trim_end_matches('/').to_owned())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                }),
+                .map(|list| comma_list(&list)),
         };
         config.check()?;
         Ok(config)
@@ -493,13 +514,48 @@ impl Config {
         std::time::Duration::from_millis(2 * self.ping_interval_ms)
     }
 
-    /// The environment-or-flag secret, shared with `parlor token`.
-    pub fn secret(flag: Option<String>, env: &impl Fn(&str) -> Option<String>) -> Option<String> {
-        flag.or_else(|| env("PARLOR_SECRET"))
-            .filter(|s| !s.is_empty())
+    /// The secret of `--secret` or `--secret-file` (or their environment
+    /// variables), shared with `parlor token`: `None` when neither is set.
+    /// A file's one trailing line break is not part of the secret.
+    pub fn secret(
+        flag: Option<String>,
+        file: Option<String>,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, String> {
+        let given = flag
+            .or_else(|| env("PARLOR_SECRET"))
+            .filter(|s| !s.is_empty());
+        let file = file
+            .or_else(|| env("PARLOR_SECRET_FILE"))
+            .filter(|f| !f.is_empty());
+        match (given, file) {
+            (Some(_), Some(_)) => Err("give --secret or --secret-file, not both".into()),
+            (given, None) => Ok(given),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("--secret-file: cannot read {path}: {e}"))?;
+                let secret = text.strip_suffix('\n').unwrap_or(&text);
+                let secret = secret.strip_suffix('\r').unwrap_or(secret);
+                if secret.is_empty() {
+                    return Err(format!("--secret-file: {path} is empty"));
+                }
+                Ok(Some(secret.to_owned()))
+            }
+        }
+    }
+
+    /// The origin policy of `--public-url` and `--allowed-origins`, for the
+    /// instance listening on `port` (the real one once bound).
+    pub fn origins(&self) -> Result<Origins, String> {
+        Origins::new(
+            &self.public_urls,
+            self.allowed_origins.as_deref(),
+            self.port,
+        )
     }
 
     fn check(&self) -> Result<(), String> {
+        self.origins()?;
         let positive = [
             ("--history", self.history),
             ("--max-text", self.max_text),
@@ -564,6 +620,14 @@ impl Config {
 }
 
 /// The flag if given, else the environment variable if set, else the default.
+/// The non-empty items of a comma-separated flag, trimmed.
+fn comma_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
 fn pick<T: FromStr>(
     flag: Option<T>,
     env: &impl Fn(&str) -> Option<String>,

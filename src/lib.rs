@@ -21,6 +21,7 @@ pub mod memory_log;
 pub mod memory_presence;
 pub mod metrics;
 pub mod order;
+pub mod origin;
 pub mod outbox;
 pub mod page;
 pub mod presence;

@@ -18,6 +18,10 @@ use parlor::redis_log::LogOptions;
 use parlor::store::Store;
 use parlor::{auth, logging, server};
 
+/// Bytes of secret under which an HS256 secret can be guessed offline from
+/// any token (RFC 7518 asks for at least the hash's 32 bytes).
+const STRONG_SECRET: usize = 32;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -64,9 +68,16 @@ fn main() -> ExitCode {
 /// `parlor token`: prints a signed token for an operator to try auth with.
 fn print_token(flags: TokenFlags) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
-    let Some(secret) = Config::secret(flags.secret, &env) else {
-        eprintln!("parlor token: give the server's secret with --secret or PARLOR_SECRET");
-        return ExitCode::from(2);
+    let secret = match Config::secret(flags.secret, flags.secret_file, &env) {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            eprintln!("parlor token: give the server's secret with --secret, --secret-file or PARLOR_SECRET");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("parlor token: {e}");
+            return ExitCode::from(2);
+        }
     };
     let rooms = flags.rooms.map(|list| {
         list.split(',')
@@ -92,7 +103,7 @@ fn print_token(flags: TokenFlags) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(mut config: Config) -> Result<(), String> {
     // Signals are caught before anything listens, so none is missed.
     let mut signals = Signals::new([Signal::Term, Signal::Int])
         .map_err(|e| format!("cannot catch SIGTERM and SIGINT: {e}"))?;
@@ -101,6 +112,8 @@ async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}; is another process using the port? (--port, PORT)"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // --port 0 picked one: the page's own origin is on the real port.
+    config.port = local.port();
 
     let metrics = Metrics::default();
     let (store, feed) = match &config.redis {
@@ -124,8 +137,12 @@ async fn run(config: Config) -> Result<(), String> {
         }
     };
     log::info!("{}", store.log.describe());
-    if config.secret.is_none() {
-        log::warn!("no --secret: parlor is open, anyone can connect as any user (set PARLOR_SECRET to require tokens)");
+    match config.secret.as_deref().map(str::len) {
+        None => log::warn!("no --secret: parlor is open, anyone can connect as any user (set PARLOR_SECRET to require tokens)"),
+        Some(n) if n < STRONG_SECRET => log::warn!(
+            "the secret is {n} bytes: anyone who holds a token can guess a secret under {STRONG_SECRET} bytes offline and sign their own; make one with openssl rand -base64 32"
+        ),
+        Some(_) => {}
     }
     let app = Arc::new(App::new(config, store, metrics));
     async_std::task::spawn(app.rooms.clone().run_feed(feed));

@@ -22,6 +22,7 @@ use crate::error::{Error, ErrorCode};
 use crate::fields::Room;
 use crate::log::Change;
 use crate::metrics;
+use crate::origin::Act;
 use crate::page;
 use crate::protocol;
 use crate::query::Query;
@@ -76,6 +77,17 @@ impl From<Error> for Refusal {
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+    // Health checks come from load balancers by address; the rest must be
+    // addressed to this deployment.
+    if !matches!(segments.as_slice(), ["healthz" | "readyz" | "metrics"]) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        app.origins
+            .check_host(host)
+            .map_err(|e| Error::new(ErrorCode::Forbidden, e))?;
+    }
     match segments.as_slice() {
         ["" | "app.js" | "app.css" | "parlor.js" | "favicon.svg"] => {
             allow(&req, "GET, HEAD")?;
@@ -125,6 +137,12 @@ async fn room_route(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
     let method = req.method().clone();
+    if matches!(
+        method,
+        Method::POST | Method::PATCH | Method::PUT | Method::DELETE
+    ) {
+        page_may(app, &req, Act::Change)?;
+    }
     let response = match (rest, method) {
         (["messages"], Method::POST) => room_api::post_message(app, room, req).await,
         (["messages"], Method::GET) => {
@@ -260,7 +278,7 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
         Err(refusal) => return Ok(*refusal),
     };
     let accept = derive_accept_key(key.as_bytes());
-    check_origin(app, &req)?;
+    page_may(app, &req, Act::Connect)?;
     let params = ws_params(app, &req, &Query::parse(req.uri().query())?)?;
     if app.connections.len() >= app.config.max_connections {
         return Err(Error::new(
@@ -362,37 +380,14 @@ async fn websocket(app: Arc<App>, upgrading: hyper::upgrade::OnUpgrade, params: 
     async_std::task::spawn(connection::serve(app, ws, params));
 }
 
-/// Refuses a browser page from an origin that `--allowed-origins` does not
-/// list, so that a page on another site cannot open a socket with a user's
-/// credentials. Clients that send no Origin (not browsers) and the page this
-/// instance serves itself are let through.
-fn check_origin(app: &App, req: &Request<Incoming>) -> Result<(), Error> {
-    let Some(allowed) = &app.config.allowed_origins else {
-        return Ok(());
-    };
-    let Some(origin) = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    else {
-        return Ok(());
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let same_origin = [format!("http://{host}"), format!("https://{host}")]
-        .iter()
-        .any(|o| o == origin);
-    if same_origin || allowed.iter().any(|o| o == origin || o == "*") {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorCode::Forbidden,
-            format!("pages from {origin} may not connect here (--allowed-origins)"),
-        ))
-    }
+/// Refuses a request of a browser page that the origin policy does not
+/// trust to `act` (origin.rs), so that a page on another site cannot act
+/// with a user's credentials or from inside the user's network.
+fn page_may(app: &App, req: &Request<Incoming>, act: Act) -> Result<(), Error> {
+    let header = |name: &str| req.headers().get(name).map(HeaderValue::as_bytes);
+    app.origins
+        .check(header("origin"), header("sec-fetch-site"), act)
+        .map_err(|e| Error::new(ErrorCode::Forbidden, e))
 }
 
 fn ws_params(app: &App, req: &Request<Incoming>, query: &Query) -> Result<Params, Error> {

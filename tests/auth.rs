@@ -14,7 +14,7 @@ use common::{get, http, http_raw, Client, Server, WAIT};
 use futures_util::StreamExt;
 use serde_json::json;
 
-const SECRET: &str = "correct horse battery staple";
+const SECRET: &str = "correct horse battery staple, twice over";
 
 fn token(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_parlor"))
@@ -378,4 +378,178 @@ async fn an_open_server_says_so() {
         assert!(std::time::Instant::now() < deadline, "{}", server.log());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The status of a WebSocket handshake whose other header lines (`Host`
+/// among them) are `lines`, bytes as they go on the wire.
+fn upgrade_status(addr: &str, lines: &[u8]) -> u16 {
+    let mut request = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        .to_vec();
+    request.extend_from_slice(lines);
+    request.extend_from_slice(b"\r\n");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    stream.write_all(&request).unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    let mut buf = vec![0; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// A text/plain POST, as an HTML form can make one, with extra `lines`.
+fn form_post(addr: &str, room: &str, lines: &str) -> common::Response {
+    let body = "forged";
+    common::http_raw(
+        addr,
+        format!(
+            "POST /rooms/{room}/messages?user=ceo HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n{lines}\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+#[async_std::test]
+async fn origins_are_decided_by_configuration_never_by_the_host_header() {
+    let server = Server::start(&["--allowed-origins", "https://good.example"]);
+    let a = &server.addr;
+    // DNS rebinding: the attacker's page names its own host in both headers.
+    let rebound = b"Host: evil.example:9402\r\nOrigin: http://evil.example:9402\r\n";
+    assert_eq!(upgrade_status(a, rebound), 403);
+    // An Origin that is not ASCII is foreign, not absent.
+    let mut odd = format!("Host: {a}\r\nOrigin: https://g").into_bytes();
+    odd.extend_from_slice(b"\xf6\xf6d.example\r\n");
+    assert_eq!(upgrade_status(a, &odd), 403);
+    assert_eq!(
+        upgrade_status(a, format!("Host: {a}\r\nOrigin: null\r\n").as_bytes()),
+        403
+    );
+    let good = format!("Host: {a}\r\nOrigin: https://good.example\r\n");
+    assert_eq!(upgrade_status(a, good.as_bytes()), 101);
+    // Changes over HTTP follow the same rule: a forged form post is refused.
+    for lines in [
+        "Origin: https://evil.example\r\n",
+        "Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+    ] {
+        let forged = form_post(a, "x", lines);
+        assert_eq!(forged.status, 403, "{lines:?}: {}", forged.body);
+        assert_eq!(forged.error_code(), "forbidden");
+    }
+    assert_eq!(
+        form_post(a, "x", "Origin: https://good.example\r\n").status,
+        201
+    );
+    assert_eq!(form_post(a, "x", "").status, 201, "curl sends no Origin");
+    let stored: serde_json::Value = common::get(a, "/rooms/x/messages").json();
+    assert_eq!(
+        stored["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{stored}"
+    );
+}
+
+#[async_std::test]
+async fn a_public_url_is_the_only_host_name_and_the_page_origin() {
+    let server = Server::start(&["--public-url", "https://chat.example.com"]);
+    let a = &server.addr;
+    let get_as = |host: &str, path: &str| {
+        common::http_raw(
+            a,
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    let rebound = get_as("evil.example:8080", "/rooms/x/messages");
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    assert!(
+        rebound.body.contains("chat.example.com"),
+        "{}",
+        rebound.body
+    );
+    assert_eq!(get_as("chat.example.com", "/rooms/x/messages").status, 200);
+    assert_eq!(
+        get_as(a, "/rooms/x/messages").status,
+        200,
+        "an address is no rebinding"
+    );
+    assert_eq!(
+        get_as("evil.example", "/healthz").status,
+        200,
+        "load balancers' checks"
+    );
+    let page = b"Host: chat.example.com\r\nOrigin: https://chat.example.com\r\n";
+    assert_eq!(upgrade_status(a, page), 101);
+    let local = format!("Host: {a}\r\nOrigin: http://{a}\r\n");
+    assert_eq!(
+        upgrade_status(a, local.as_bytes()),
+        403,
+        "not the public origin"
+    );
+}
+
+#[async_std::test]
+async fn an_open_server_lets_pages_connect_but_refuses_forged_changes() {
+    let server = Server::start(&[]);
+    let a = &server.addr;
+    let foreign = format!("Host: {a}\r\nOrigin: https://elsewhere.example\r\n");
+    assert_eq!(upgrade_status(a, foreign.as_bytes()), 101);
+    let forged = form_post(
+        a,
+        "y",
+        "Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n",
+    );
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert_eq!(
+        form_post(a, "y", "Sec-Fetch-Site: same-origin\r\n").status,
+        201
+    );
+}
+
+#[async_std::test]
+async fn a_secret_comes_from_a_file_and_a_weak_one_is_named_at_start() {
+    let dir = std::env::temp_dir().join(format!("parlor-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let server = Server::start(&["--secret-file", path]);
+    let alice = token(&["--sub", "alice"]);
+    let (_c, welcome) = Client::welcomed(&server.ws_url(&format!("?token={alice}"))).await;
+    assert_eq!(
+        welcome["user"], "alice",
+        "the file's secret, without its line break"
+    );
+    let weak = Server::start(&["--secret", "s3cret"]);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !weak.log().contains("the secret is 6 bytes") {
+        assert!(std::time::Instant::now() < deadline, "{}", weak.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!server.log().contains("the secret is"), "{}", server.log());
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args(args)
+            .env_remove("PARLOR_SECRET")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["--secret", "x", "--secret-file", path]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not both"), "{stderr}");
+    let (code, stderr) = run(&["--secret-file", "/nonexistent/parlor-secret"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot read /nonexistent/parlor-secret"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["token", "--secret-file", path, "--sub", "bob"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -599,7 +599,7 @@ async fn read_markers_across_instances_on_redis() {
 
 #[async_std::test]
 async fn a_moderator_may_delete_what_others_wrote() {
-    const SECRET: &str = "correct horse battery staple";
+    const SECRET: &str = "correct horse battery staple, twice over";
     let token = |sub: &str, moderator: bool| {
         let mut args = vec!["token", "--secret", SECRET, "--sub", sub];
         if moderator {

@@ -100,7 +100,7 @@ fn a_stream_replays_then_goes_live_and_resumes_with_last_event_id() {
 
 #[test]
 fn errors_before_the_stream_are_plain_http_errors() {
-    const SECRET: &str = "correct horse battery staple";
+    const SECRET: &str = "correct horse battery staple, twice over";
     let server = Server::start(&["--secret", SECRET]);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
         .args([
