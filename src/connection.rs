@@ -49,6 +49,15 @@ const SIGNAL_RATE: u32 = 5;
 /// Read markers a connection may send in a burst, and per second after it.
 const MARK_BURST: u32 = 20;
 const MARK_RATE: u32 = 10;
+/// Joins and leaves a connection may make in a burst (enough to join and
+/// leave every room it may hold, `--max-rooms`), and per second after it:
+/// each one costs every member of the room a `member` frame.
+const MOVE_RATE: u32 = 2;
+/// History and presence reads a connection may make in a burst, and per
+/// second after it: enough to page through scrollback, not to make the
+/// store answer without end.
+const READ_BURST: u32 = 100;
+const READ_RATE: u32 = 20;
 /// WebSocket pings and pongs a client may send in a burst, and per second
 /// after it, before it is closed with 1008: a client pings every few seconds
 /// at most, and a flood of them would cost the server without end.
@@ -166,6 +175,10 @@ struct Session {
     abuse: TokenBucket,
     /// Pings and pongs from the client.
     control: TokenBucket,
+    /// Joins and leaves.
+    moves: TokenBucket,
+    /// History and presence reads.
+    reads: TokenBucket,
     /// Frames handled since the reader last let other tasks run.
     in_a_row: u32,
     queue: Sends<Pending>,
@@ -185,6 +198,8 @@ impl Session {
             marks: TokenBucket::new(MARK_RATE, MARK_BURST),
             abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
             control: TokenBucket::new(CONTROL_RATE, CONTROL_BURST),
+            moves: TokenBucket::new(MOVE_RATE, 2 * app.config.max_rooms as u32),
+            reads: TokenBucket::new(READ_RATE, READ_BURST),
             in_a_row: 0,
             app,
             id,
@@ -428,6 +443,9 @@ impl Session {
         room: Room,
         replay: Replay,
     ) -> Result<(), Closed> {
+        if !self.moves.take() {
+            return self.refuse(reference, too_many_moves()).await;
+        }
         if !self.joined.contains(&room) && self.joined.len() >= self.app.config.max_rooms {
             let error = Error::bad_request(format!(
                 "this connection has joined {} rooms, the limit; leave one first",
@@ -457,6 +475,9 @@ impl Session {
     }
 
     async fn leave(&mut self, reference: Option<&Ref>, room: Room) -> Result<(), Closed> {
+        if !self.moves.take() {
+            return self.refuse(reference, too_many_moves()).await;
+        }
         if self.joined.remove(&room) {
             self.app.rooms.leave(self.id, &room);
             self.outbox.push(protocol::left(&room)).await
@@ -505,6 +526,9 @@ impl Session {
         before: Option<u64>,
         limit: usize,
     ) -> Result<(), Closed> {
+        if !self.reads.take() {
+            return self.refuse(reference, too_many_reads()).await;
+        }
         let slice = match before {
             Some(before) => Slice::newest_before(before, limit),
             None => Slice::newest_after(0, limit),
@@ -577,6 +601,9 @@ impl Session {
     }
 
     async fn presence(&mut self, reference: Option<&Ref>, room: Room) -> Result<(), Closed> {
+        if !self.reads.take() {
+            return self.refuse(reference, too_many_reads()).await;
+        }
         match self.app.store.presence.users(&room).await {
             Ok(users) => {
                 self.outbox
@@ -676,6 +703,20 @@ fn store(app: Arc<App>, batch: Vec<Pending>) -> Storing {
         }
         answers.into_iter().flatten().collect()
     })
+}
+
+fn too_many_moves() -> Error {
+    Error::new(
+        ErrorCode::RateLimited,
+        format!("more than {MOVE_RATE} joins and leaves per second; stay in a room a while"),
+    )
+}
+
+fn too_many_reads() -> Error {
+    Error::new(
+        ErrorCode::RateLimited,
+        format!("more than {READ_RATE} history and presence requests per second (bursts of {READ_BURST}); slow down"),
+    )
 }
 
 fn not_joined(room: &Room) -> Error {

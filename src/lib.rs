@@ -25,6 +25,7 @@ pub mod origin;
 pub mod outbox;
 pub mod page;
 pub mod presence;
+pub mod presence_queue;
 pub mod presence_store;
 pub mod protocol;
 pub mod query;

@@ -3,120 +3,153 @@
 //! alive with a heartbeat, and sweeps away the entries of instances that died
 //! without a goodbye.
 //!
-//! Changes go through one channel to one task, so the store sees each
-//! instance's arrivals and departures in the order they happened. Every call
-//! is idempotent, so a failed one is simply made good by the next heartbeat
-//! (an arrival) or by expiry and the sweep (a departure).
+//! Changes wait in a `PresenceQueue` (one per (room, user), coalesced, so
+//! churn costs nothing it does not need) told by one task, so the store sees
+//! each user's arrivals and departures in the order they happened. Every
+//! call is idempotent, so a failed one is made good by the next heartbeat
+//! (an arrival) or by expiry and the sweep (a departure). A heartbeat lets
+//! waiting changes go first every few calls, so a long one holds none back.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use event_listener::Event;
 use futures_lite::FutureExt;
 
 use crate::fields::{Room, User};
+use crate::lock::lock;
+use crate::presence_queue::{Key, PresenceQueue};
 use crate::presence_store::PresenceStore;
 
-/// The sending side, held by the room registry.
+/// Heartbeat calls between two looks at the waiting changes.
+const BEATS_PER_TURN: usize = 32;
+/// Changes told before the task looks at the clock for a heartbeat.
+const CHANGES_PER_TURN: usize = 256;
+
+/// The asking side, held by the room registry.
 #[derive(Clone)]
 pub struct Presence {
-    changes: async_channel::Sender<Change>,
+    shared: Arc<Shared>,
 }
 
-enum Change {
-    Arrive(Room, User),
-    Depart(Room, User),
-    /// Answered once every change before it is recorded.
-    Flush(async_channel::Sender<()>),
+struct Shared {
+    queue: Mutex<PresenceQueue>,
+    /// Notified when a change is asked for.
+    asked: Event,
+    /// Notified when the queue has settled.
+    settled: Event,
 }
 
 impl Presence {
     /// Starts the presence task; entries expire `ttl` after their last
     /// heartbeat, and heartbeats and sweeps come every third of it.
     pub fn start(store: Arc<dyn PresenceStore>, ttl: Duration) -> Presence {
-        let (changes, received) = async_channel::unbounded();
-        async_std::task::spawn(run(store, ttl, received));
-        Presence { changes }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(PresenceQueue::default()),
+            asked: Event::new(),
+            settled: Event::new(),
+        });
+        async_std::task::spawn(run(store, ttl, Arc::downgrade(&shared)));
+        Presence { shared }
     }
 
     /// `user` has its first live connection in `room` on this instance.
     pub fn arrive(&self, room: &Room, user: &User) {
-        let _ = self
-            .changes
-            .try_send(Change::Arrive(room.clone(), user.clone()));
+        self.want((room.clone(), user.clone()), true);
     }
 
     /// `user` has no live connection left in `room` on this instance.
     pub fn depart(&self, room: &Room, user: &User) {
-        let _ = self
-            .changes
-            .try_send(Change::Depart(room.clone(), user.clone()));
+        self.want((room.clone(), user.clone()), false);
+    }
+
+    fn want(&self, key: Key, here: bool) {
+        lock(&self.shared.queue).want(key, here);
+        self.shared.asked.notify(1);
     }
 
     /// Waits until every change so far is recorded: on shutdown, so that the
     /// users of a draining instance leave at once rather than on expiry.
     pub async fn flush(&self) {
-        let (done, finished) = async_channel::bounded(1);
-        if self.changes.send(Change::Flush(done)).await.is_ok() {
-            let _ = finished.recv().await;
+        loop {
+            let settled = self.shared.settled.listen();
+            if lock(&self.shared.queue).settled() {
+                return;
+            }
+            self.shared.asked.notify(1);
+            settled.await;
         }
     }
 }
 
-async fn run(
-    store: Arc<dyn PresenceStore>,
-    ttl: Duration,
-    changes: async_channel::Receiver<Change>,
-) {
-    let mut here: HashSet<(Room, User)> = HashSet::new();
+async fn run(store: Arc<dyn PresenceStore>, ttl: Duration, weak: Weak<Shared>) {
     let beat = ttl / 3;
     let mut next_beat = Instant::now() + beat;
     loop {
-        let wait = next_beat.saturating_duration_since(Instant::now());
-        let next = async { changes.recv().await.ok() }
-            .or(async {
-                async_std::task::sleep(wait).await;
-                None
-            })
-            .await;
-        match next {
-            Some(Change::Arrive(room, user)) => {
-                if let Err(e) = store.arrive(&room, &user).await {
-                    log::warn!("presence of {user} in {room} not recorded yet ({e}); the next heartbeat retries");
-                }
-                here.insert((room, user));
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        tell(&*store, &shared).await;
+        if Instant::now() >= next_beat {
+            next_beat = Instant::now() + beat;
+            heartbeat(&*store, &shared).await;
+            continue;
+        }
+        let asked = shared.asked.listen();
+        if lock(&shared.queue).is_empty() {
+            let wait = next_beat.saturating_duration_since(Instant::now());
+            asked
+                .or(async {
+                    async_std::task::sleep(wait).await;
+                })
+                .await;
+        }
+    }
+}
+
+/// Tells the store the waiting changes, in order, up to a turn's worth:
+/// however fast changes come, heartbeats get their turn.
+async fn tell(store: &dyn PresenceStore, shared: &Shared) {
+    for _ in 0..CHANGES_PER_TURN {
+        let next = lock(&shared.queue).take();
+        let Some(((room, user), here)) = next else {
+            shared.settled.notify(usize::MAX);
+            return;
+        };
+        if here {
+            if let Err(e) = store.arrive(&room, &user).await {
+                log::warn!("presence of {user} in {room} not recorded yet ({e}); the next heartbeat retries");
             }
-            Some(Change::Depart(room, user)) => {
-                if let Err(e) = store.depart(&room, &user).await {
-                    log::warn!(
-                        "departure of {user} from {room} not recorded ({e}); it expires instead"
-                    );
-                }
-                here.remove(&(room, user));
-            }
-            Some(Change::Flush(done)) => {
-                let _ = done.try_send(());
-            }
-            None if changes.is_closed() => return,
-            None => {
-                next_beat = Instant::now() + beat;
-                // Heartbeat: refresh every entry of this instance (an entry
-                // that expired meanwhile comes back, and says so).
-                for (room, user) in &here {
-                    if let Err(e) = store.arrive(room, user).await {
-                        log::debug!("presence heartbeat failed: {e}");
-                        break;
-                    }
-                }
-                // Sweep: entries of instances that stopped beating.
-                let rooms: HashSet<&Room> = here.iter().map(|(room, _)| room).collect();
-                for room in rooms {
-                    if let Err(e) = store.sweep(room).await {
-                        log::debug!("presence sweep failed: {e}");
-                        break;
-                    }
-                }
-            }
+        } else if let Err(e) = store.depart(&room, &user).await {
+            log::warn!("departure of {user} from {room} not recorded ({e}); it expires instead");
+        }
+        lock(&shared.queue).done();
+    }
+}
+
+/// Refreshes every entry of this instance (an entry that expired meanwhile
+/// comes back, and says so), then sweeps the entries of instances that
+/// stopped beating. Waiting changes go first every few calls.
+async fn heartbeat(store: &dyn PresenceStore, shared: &Shared) {
+    let told = lock(&shared.queue).told();
+    for (n, key) in told.iter().enumerate() {
+        if n % BEATS_PER_TURN == 0 {
+            tell(store, shared).await;
+        }
+        if !lock(&shared.queue).is_told(key) {
+            continue;
+        }
+        if let Err(e) = store.arrive(&key.0, &key.1).await {
+            log::debug!("presence heartbeat failed: {e}");
+            break;
+        }
+    }
+    let rooms: HashSet<&Room> = told.iter().map(|(room, _)| room).collect();
+    for room in rooms {
+        if let Err(e) = store.sweep(room).await {
+            log::debug!("presence sweep failed: {e}");
+            break;
         }
     }
 }

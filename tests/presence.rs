@@ -142,3 +142,91 @@ async fn users_of_a_draining_instance_leave_at_once() {
     assert_eq!(a.wait_exit(Duration::from_secs(15)).code(), Some(0));
     assert_eq!(presence(&mut bob, "p").await, json!(["bob"]));
 }
+
+/// Two connections loop join and leave as fast as they can for two
+/// seconds. Their moves are budgeted (`--max-rooms 5`: a burst of 10, then
+/// 10 a second, each refused `rate_limited` beyond), presence changes
+/// coalesce per user, so the room's members get a bounded number of
+/// `member` frames, and a user who arrives after the churn is present at
+/// once rather than behind a queue of thousands.
+#[async_std::test]
+async fn join_and_leave_churn_costs_members_little_and_delays_nobody() {
+    use futures_util::StreamExt;
+    let redis = Redis::start();
+    let server = Server::start(&["--redis", &redis.url(), "--max-rooms", "5"]);
+    let mut watcher = joined(&server, "watcher", "lobby").await;
+    until_member(&mut watcher, "watcher", "join").await;
+    let started = std::time::Instant::now();
+    let mut churners = Vec::new();
+    for name in ["churn-a", "churn-b"] {
+        let client = Client::connect(&server.ws_url(&format!("?user={name}"))).await;
+        let (mut sink, mut stream) = client.into_inner().split();
+        // Until the server closes: it has handled every frame by then.
+        let reader = async_std::task::spawn(async move {
+            let (mut limited, mut taken) = (0, 0);
+            while let Some(Ok(frame)) = stream.next().await {
+                let frame: Value =
+                    serde_json::from_str(frame.to_text().unwrap_or("")).unwrap_or_default();
+                limited += (frame["code"] == "rate_limited") as usize;
+                taken += (frame["type"] == "joined" || frame["type"] == "left") as usize;
+            }
+            (limited, taken)
+        });
+        let writer = async_std::task::spawn(async move {
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            let mut moves = 0;
+            while std::time::Instant::now() < until {
+                for kind in ["join", "leave"] {
+                    let frame = json!({"type":kind,"room":"lobby"}).to_string();
+                    sink.send(frame.into()).await.unwrap();
+                    moves += 1;
+                }
+            }
+            sink.close(None).await.unwrap();
+            moves
+        });
+        churners.push((writer, reader));
+    }
+    let (mut moves, mut limited, mut accepted) = (0, 0, 0);
+    for (writer, reader) in churners {
+        moves += writer.await;
+        let (refused, taken) = reader.await;
+        limited += refused;
+        accepted += taken;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(moves > 1000, "the churners did churn: {moves} moves");
+    assert!(limited > 100, "only {limited} of {moves} moves refused");
+    // 2 churners × (a burst of 2 × --max-rooms, then 2 a second).
+    let budget = 2.0 * (10.0 + 2.0 * seconds.ceil());
+    assert!(
+        accepted as f64 <= budget,
+        "{accepted} of {moves} moves taken in {seconds:.1} s"
+    );
+    // Every member frame the churn caused, until the room is quiet: one
+    // per accepted move at most (fewer where changes coalesced).
+    let mut frames = 0;
+    while async_std::future::timeout(Duration::from_secs(1), watcher.recv())
+        .await
+        .is_ok()
+    {
+        frames += 1;
+    }
+    assert!(
+        frames <= accepted,
+        "{frames} member frames for {accepted} moves"
+    );
+    eprintln!("{moves} moves in {seconds:.1} s: {accepted} taken, {limited} refused, {frames} member frames");
+    let _late = joined(&server, "late", "lobby").await;
+    let asked = std::time::Instant::now();
+    let deadline = asked + Duration::from_secs(5);
+    while !presence(&mut watcher, "lobby")
+        .await
+        .as_array()
+        .unwrap()
+        .contains(&json!("late"))
+    {
+        assert!(std::time::Instant::now() < deadline, "late never present");
+        async_std::task::sleep(Duration::from_millis(20)).await;
+    }
+}
