@@ -5,7 +5,7 @@
 //! itself, so each one is an `Option` here and `Config::from_flags` fills in
 //! the environment and the defaults, refusing bad values with one clear line.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use argh::FromArgs;
@@ -25,6 +25,12 @@ pub struct Flags {
     /// address to listen on [BIND, default 0.0.0.0]
     #[argh(option)]
     pub bind: Option<IpAddr>,
+
+    /// address and port of a second listener for /readyz and /metrics,
+    /// such as 127.0.0.1:9090, which then leave the public one
+    /// [PARLOR_ADMIN_BIND, default: none, all on --port]
+    #[argh(option)]
+    pub admin_bind: Option<SocketAddr>,
 
     /// the Redis to share rooms and history with other instances, such as
     /// redis://127.0.0.1:6379, or seed nodes of a Redis Cluster separated by
@@ -338,6 +344,7 @@ pub enum LogFormat {
 pub struct Config {
     pub port: u16,
     pub bind: IpAddr,
+    pub admin_bind: Option<SocketAddr>,
     pub redis: Option<String>,
     pub redis_mode: RedisMode,
     pub redis_prefix: String,
@@ -385,6 +392,10 @@ impl Config {
         let config = Config {
             port: pick(flags.port, &env, "PORT", 8080)?,
             bind: pick(flags.bind, &env, "BIND", IpAddr::from([0, 0, 0, 0]))?,
+            admin_bind: match flags.admin_bind {
+                Some(address) => Some(address),
+                None => from_env(&env, "PARLOR_ADMIN_BIND")?,
+            },
             redis: flags
                 .redis
                 .or_else(|| env("REDIS_URL"))

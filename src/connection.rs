@@ -49,10 +49,12 @@ const SIGNAL_RATE: u32 = 5;
 /// Read markers a connection may send in a burst, and per second after it.
 const MARK_BURST: u32 = 20;
 const MARK_RATE: u32 = 10;
-/// Joins and leaves a connection may make in a burst (enough to join and
-/// leave every room it may hold, `--max-rooms`), and per second after it:
+/// Joins and leaves a connection may make per second after a burst (enough
+/// to join and leave every room it may hold, `--max-rooms`, and a spare):
 /// each one costs every member of the room a `member` frame.
 const MOVE_RATE: u32 = 2;
+/// Moves in the burst beyond joining and leaving every room once.
+const MOVE_SPARE: u32 = 10;
 /// History and presence reads a connection may make in a burst, and per
 /// second after it: enough to page through scrollback, not to make the
 /// store answer without end.
@@ -198,7 +200,7 @@ impl Session {
             marks: TokenBucket::new(MARK_RATE, MARK_BURST),
             abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
             control: TokenBucket::new(CONTROL_RATE, CONTROL_BURST),
-            moves: TokenBucket::new(MOVE_RATE, 2 * app.config.max_rooms as u32),
+            moves: TokenBucket::new(MOVE_RATE, 2 * app.config.max_rooms as u32 + MOVE_SPARE),
             reads: TokenBucket::new(READ_RATE, READ_BURST),
             in_a_row: 0,
             app,

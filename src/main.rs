@@ -114,6 +114,14 @@ async fn run(mut config: Config) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     // --port 0 picked one: the page's own origin is on the real port.
     config.port = local.port();
+    let admin = match config.admin_bind {
+        Some(address) => Some(
+            async_std::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("cannot listen on {address} (--admin-bind): {e}"))?,
+        ),
+        None => None,
+    };
 
     let metrics = Metrics::default();
     let (store, feed) = match &config.redis {
@@ -159,7 +167,11 @@ async fn run(mut config: Config) -> Result<(), String> {
         "parlor instance {} listening on http://{local} (WebSocket at ws://{local}/ws)",
         app.config.instance
     );
-    server::run(app.clone(), listener).await;
+    if let Some(admin) = &admin {
+        let address = admin.local_addr().map_err(|e| e.to_string())?;
+        log::info!("/healthz, /readyz and /metrics on http://{address} (--admin-bind)");
+    }
+    server::run(app.clone(), listener, admin).await;
     // Departures of the connections that just closed, recorded before exit.
     let _ = async_std::future::timeout(Duration::from_secs(2), app.presence.flush()).await;
     log::info!("stopped");

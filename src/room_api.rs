@@ -4,6 +4,7 @@
 //! same rules as over WebSocket.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -104,7 +105,19 @@ async fn text_body(app: &App, req: Request<Incoming>) -> Result<TextBody, Error>
         }
     };
     let max_body = app.config.max_body;
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
+    // The whole body within the time a head may take: a client sending a
+    // byte a second holds a socket no longer than a slow head would.
+    let deadline = Duration::from_millis(app.config.header_timeout_ms);
+    let collected =
+        async_std::future::timeout(deadline, Limited::new(req.into_body(), max_body).collect())
+            .await
+            .map_err(|_| {
+                Error::bad_request(format!(
+                    "the body did not arrive within {} ms; send it at once",
+                    deadline.as_millis()
+                ))
+            })?;
+    let body = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Error::new(

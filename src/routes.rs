@@ -43,8 +43,21 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// still arrive, in several reads.
 const WS_READ_BUFFER: usize = 256;
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    match route(&app, req).await {
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// `--port`: clients, and health checks.
+    Public,
+    /// `--admin-bind`: health, readiness and metrics, for operators only.
+    Admin,
+}
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, side: Side) -> Response<Body> {
+    let routed = match side {
+        Side::Admin => admin_route(&app, &req),
+        Side::Public => route(&app, req).await,
+    };
+    match routed {
         Ok(response) => response,
         Err(Refusal { error, allow }) => {
             if error.code != ErrorCode::NotFound {
@@ -94,12 +107,34 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             let asset = page::asset(&path).expect("the page has these files");
             Ok(page_file(&req, asset))
         }
-        ["healthz"] => {
+        ["healthz" | "readyz" | "metrics"] if app.config.admin_bind.is_none() => {
+            admin_route(app, &req)
+        }
+        ["healthz"] => admin_route(app, &req),
+        ["readyz" | "metrics"] => Err(Error::new(
+            ErrorCode::NotFound,
+            format!("{path} is served on the admin address, --admin-bind"),
+        )
+        .into()),
+        ["ws"] => {
             allow(&req, "GET")?;
+            Ok(upgrade(app, req)?)
+        }
+        ["rooms", room, rest @ ..] => room_route(app, Room::parse(room)?, rest, req).await,
+        _ => Err(Error::new(ErrorCode::NotFound, format!("no route for {path}")).into()),
+    }
+}
+
+/// Health, readiness and metrics: the routes of the admin listener, and of
+/// the public one when there is no admin listener (`/healthz` always).
+fn admin_route(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    match req.uri().path() {
+        "/healthz" => {
+            allow(req, "GET")?;
             Ok(text(StatusCode::OK, "ok\n"))
         }
-        ["readyz"] => {
-            allow(&req, "GET")?;
+        "/readyz" => {
+            allow(req, "GET")?;
             Ok(if app.shutdown.is_set() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else if app.store.is_ready() {
@@ -111,8 +146,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
                 )
             })
         }
-        ["metrics"] => {
-            allow(&req, "GET")?;
+        "/metrics" => {
+            allow(req, "GET")?;
             let mut response = Response::new(full(app.metrics.render()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -120,12 +155,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             );
             Ok(response)
         }
-        ["ws"] => {
-            allow(&req, "GET")?;
-            Ok(upgrade(app, req)?)
-        }
-        ["rooms", room, rest @ ..] => room_route(app, Room::parse(room)?, rest, req).await,
-        _ => Err(Error::new(ErrorCode::NotFound, format!("no route for {path}")).into()),
+        path => Err(Error::new(
+            ErrorCode::NotFound,
+            format!("no route for {path}: the admin address serves /healthz, /readyz and /metrics"),
+        )
+        .into()),
     }
 }
 

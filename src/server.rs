@@ -14,38 +14,32 @@ use hyper::service::service_fn;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::app::App;
-use crate::routes;
+use crate::error::{Error, ErrorCode};
+use crate::routes::{self, Side};
 
 /// Largest request head hyper buffers.
 const MAX_HEAD: usize = 16 * 1024;
 /// How long to wait before accepting again when accept fails (out of file
 /// descriptors, say), rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a connection over the limit gets to take its 503.
+const TURN_AWAY_PATIENCE: Duration = Duration::from_secs(1);
 
-/// Serves `listener` until `app.shutdown` is set, then waits (up to the drain
-/// time) for every connection to answer what it read and close with 1001.
-pub async fn run(app: Arc<App>, listener: TcpListener) {
+/// Serves `listener` (and the admin listener, when there is one) until
+/// `app.shutdown` is set, then waits (up to the drain time) for every
+/// connection to answer what it read and close with 1001.
+pub async fn run(app: Arc<App>, listener: TcpListener, admin: Option<TcpListener>) {
     let served = Arc::new(Served::default());
-    let accept = async {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let app = app.clone();
-                    let guard = Served::enter(&served);
-                    async_std::task::spawn(async move {
-                        serve_http(app, stream).await;
-                        drop(guard);
-                    });
-                }
-                Err(e) => {
-                    log::warn!("accept failed: {e}");
-                    async_std::task::sleep(ACCEPT_BACKOFF).await;
-                }
-            }
+    let public = accept(&app, &listener, Side::Public, &served);
+    let admin_side = async {
+        match &admin {
+            Some(admin) => accept(&app, admin, Side::Admin, &served).await,
+            None => std::future::pending().await,
         }
     };
-    accept.or(app.shutdown.wait()).await;
+    public.or(admin_side).or(app.shutdown.wait()).await;
     drop(listener);
+    drop(admin);
     // Each connection sees the same signal: it finishes the request in hand,
     // so every send it read is answered, then closes with 1001.
     let open = app.connections.len();
@@ -66,6 +60,50 @@ pub async fn run(app: Arc<App>, listener: TcpListener) {
             drain.as_secs()
         );
     }
+}
+
+/// Accepts connections on one listener for ever, each served by a task of
+/// its own; beyond `--max-connections` HTTP connections open at once, a new
+/// one is answered 503 and closed.
+async fn accept(app: &Arc<App>, listener: &TcpListener, side: Side, served: &Arc<Served>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _))
+                if served.open.load(Ordering::Acquire) >= app.config.max_connections =>
+            {
+                async_std::task::spawn(turn_away(stream, app.config.max_connections));
+            }
+            Ok((stream, _)) => {
+                let app = app.clone();
+                let guard = Served::enter(served);
+                async_std::task::spawn(async move {
+                    serve_http(app, stream, side).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                async_std::task::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Answers a connection over the limit with 503 and closes it, giving up
+/// on a peer that does not take the few bytes in time.
+async fn turn_away(mut stream: TcpStream, limit: usize) {
+    use futures_lite::AsyncWriteExt;
+    let body = Error::new(
+        ErrorCode::Unavailable,
+        format!("this instance serves {limit} HTTP connections at once, its limit; retry later or use another instance"),
+    )
+    .http_body();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ =
+        async_std::future::timeout(TURN_AWAY_PATIENCE, stream.write_all(answer.as_bytes())).await;
 }
 
 /// The HTTP connections being served, so that a drain can wait for them.
@@ -105,12 +143,12 @@ impl Drop for ServedGuard {
     }
 }
 
-async fn serve_http(app: Arc<App>, stream: TcpStream) {
+async fn serve_http(app: Arc<App>, stream: TcpStream, side: Side) {
     let _ = stream.set_nodelay(true);
     let service_app = app.clone();
     let service = service_fn(move |req| {
         let app = service_app.clone();
-        async move { Ok::<_, Infallible>(routes::handle(app, req).await) }
+        async move { Ok::<_, Infallible>(routes::handle(app, req, side).await) }
     });
     // Without a timer, hyper would silently wait forever for request headers
     // (a slow-loris client costs a socket); with one, it gives up after

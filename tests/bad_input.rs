@@ -484,3 +484,52 @@ async fn bounds_at_the_edges_are_answered_never_taken_for_redis_failures() {
         assert_eq!(common::metric(a, "parlor_redis_errors_total"), 0.0);
     }
 }
+
+#[async_std::test]
+async fn a_body_that_trickles_is_cut_off_and_stores_nothing() {
+    let server = Server::start(&["--header-timeout-ms", "300"]);
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(
+            b"POST /rooms/slow/messages?user=u HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+              Content-Length: 10\r\nConnection: close\r\n\r\nhel",
+        )
+        .unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
+    let stored: Value = get(&server.addr, "/rooms/slow/messages").json();
+    assert_eq!(stored["messages"], json!([]));
+}
+
+/// HTTP connections count against --max-connections too: one over it is
+/// answered 503 with the error body, and served again once others close.
+#[async_std::test]
+async fn http_connections_beyond_the_limit_are_turned_away() {
+    let server = Server::start(&["--max-connections", "3"]);
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    // The server has accepted them once a fourth is turned away.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let turned_away = loop {
+        let response = get(&server.addr, "/healthz");
+        if response.status == 503 {
+            break response;
+        }
+        assert!(std::time::Instant::now() < deadline, "never turned away");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(turned_away.error_code(), "unavailable");
+    assert_eq!(turned_away.header("retry-after"), Some("1"));
+    drop(idle);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while get(&server.addr, "/healthz").status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never served again");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

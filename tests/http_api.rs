@@ -212,3 +212,41 @@ async fn health_readiness_metrics_and_page() {
         Some("text/css; charset=utf-8")
     );
 }
+
+/// With --admin-bind, readiness and metrics leave the public listener for
+/// the admin one; both answer health checks.
+#[async_std::test]
+async fn an_admin_address_takes_readiness_and_metrics_off_the_public_one() {
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let server = Server::start(&["--admin-bind", &admin]);
+    let public = &server.addr;
+    assert_eq!(get(public, "/healthz").status, 200);
+    for path in ["/metrics", "/readyz"] {
+        let moved = get(public, path);
+        assert_eq!(moved.status, 404, "{path}");
+        assert!(moved.body.contains("--admin-bind"), "{}", moved.body);
+    }
+    assert_eq!(get(&admin, "/healthz").status, 200);
+    assert_eq!(get(&admin, "/readyz").status, 200);
+    let metrics = get(&admin, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("parlor_connections"),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(
+        get(&admin, "/rooms/x/messages").status,
+        404,
+        "no rooms on the admin address"
+    );
+    assert_eq!(
+        post_json(
+            public,
+            "/rooms/x/messages",
+            &json!({"user":"u","text":"hi"})
+        )
+        .status,
+        201
+    );
+}
