@@ -55,6 +55,10 @@ impl Nginx {
                 format!("server 127.0.0.1:{} ", upstreams[1]),
             ),
             ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+            (
+                "access_log /var/log/nginx/parlor.access.log ",
+                format!("access_log {}/parlor.access.log ", dir.display()),
+            ),
         ] {
             assert!(
                 site.contains(from),
@@ -272,6 +276,15 @@ async fn clients_through_nginx_land_on_both_instances_and_lose_nothing() {
         .collect();
     let expected: Vec<String> = (1..=COUNT).map(|i| format!("w-{i}")).collect();
     assert_eq!(texts, expected);
+    // The access log has every request, and none of their queries (where
+    // tokens would be).
+    let logged = std::fs::read_to_string(deployment.nginx.dir.join("parlor.access.log")).unwrap();
+    assert!(logged.lines().count() > COUNT as usize, "{logged}");
+    assert!(logged.contains("GET /ws "), "{logged}");
+    assert!(
+        !logged.contains('?'),
+        "a query in the access log:\n{logged}"
+    );
     println!(
         "through nginx: {COUNT} stored and read once each over {} connections ({} on a, {} on b), instance a restarted at {}",
         reading.instances.len(),

@@ -63,15 +63,18 @@ fn a_stream_replays_then_goes_live_and_resumes_with_last_event_id() {
         typist.send(json!({"type":"typing","room":"s"})).await;
         typist
     });
+    // The typing signal and a message posted after it take different
+    // paths to the room: the message is posted once the signal is in.
+    let typing = stream.until("typing").pop().unwrap();
+    assert_eq!(typing.id, None);
     post(&server, "s", "three");
     let live: Vec<Event> = stream
         .until("message")
         .into_iter()
         .filter(|e| e.event != "member")
         .collect();
-    assert_eq!(live[0].event, "typing");
-    assert_eq!(live[0].id, None);
-    assert_eq!(live[1].id, Some(format!("{epoch}:3")));
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].id, Some(format!("{epoch}:3")));
     drop(stream);
     // Last-Event-ID wins over the query: what came after it, once.
     post(&server, "s", "four");
