@@ -17,7 +17,7 @@ use crate::config::RedisMode;
 use crate::lock::lock;
 use crate::log::StoreError;
 use crate::metrics::Metrics;
-use crate::redis_commands::Commands;
+use crate::redis_commands::{Commands, Connect, Connection};
 use crate::redis_keys::Keys;
 use crate::topology::Topology;
 
@@ -94,8 +94,8 @@ impl Redis {
         let urls: Vec<&str> = url.split(',').map(str::trim).collect();
         let clients = clients(&urls)?;
         let cluster = is_cluster(mode, &clients, &shown).await?;
-        let mut commands = command_connection(cluster, &urls, &clients[0], timeout, &shown).await?;
-        let version = version(&mut commands, cluster, &shown).await?;
+        let commands = command_connection(cluster, &urls, &clients[0], timeout, &shown).await?;
+        let version = version(&commands, cluster, &shown).await?;
         let topology = commands
             .topology()
             .await
@@ -257,7 +257,8 @@ async fn is_cluster(mode: RedisMode, clients: &[Client], shown: &str) -> Result<
 }
 
 /// The command connection: the crate's cluster connection, or a
-/// connection manager to the one node.
+/// connection manager to the one node; the same `connect` opens its
+/// replacements.
 async fn command_connection(
     cluster: bool,
     urls: &[&str],
@@ -265,7 +266,7 @@ async fn command_connection(
     timeout: Duration,
     shown: &str,
 ) -> Result<Commands, String> {
-    if cluster {
+    let connect: Connect = if cluster {
         let client = ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
@@ -274,35 +275,55 @@ async fn command_connection(
             .max_retry_wait(500)
             .build()
             .map_err(|e| format!("--redis {shown}: {e}"))?;
-        let conn = client.get_async_connection().await.map_err(|e| {
-            format!("cannot reach the Redis Cluster at {shown}: {e}; are its nodes running? (--redis, REDIS_URL)")
-        })?;
-        return Ok(Commands::Cluster(conn));
-    }
-    let ConnectionAddr::Tcp(host, port) = first.get_connection_info().addr().clone() else {
+        let shown = shown.to_owned();
+        Arc::new(move || {
+            let (client, shown) = (client.clone(), shown.clone());
+            Box::pin(async move {
+                let conn = client.get_async_connection().await.map_err(|e| {
+                    format!("cannot reach the Redis Cluster at {shown}: {e}; are its nodes running? (--redis, REDIS_URL)")
+                })?;
+                Ok(Connection::Cluster(conn))
+            })
+        })
+    } else {
+        let addr = node_addr(first);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let (first, shown) = (first.clone(), shown.to_owned());
+        Arc::new(move || {
+            let (first, config) = (first.clone(), config.clone());
+            let (shown, addr) = (shown.clone(), addr.clone());
+            Box::pin(async move {
+                let conn = first
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot reach Redis at {shown}: {e}; is it running? (--redis, REDIS_URL)")
+                    })?;
+                Ok(Connection::Standalone { conn, addr })
+            })
+        })
+    };
+    Commands::open(connect).await
+}
+
+/// `host:port` of the node a client connects to.
+pub fn node_addr(client: &Client) -> String {
+    let ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr().clone() else {
         unreachable!("checked by clients()");
     };
-    let addr = if host.contains(':') {
+    if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    };
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    let conn = first
-        .get_connection_manager_with_config(config)
-        .await
-        .map_err(|e| {
-            format!("cannot reach Redis at {shown}: {e}; is it running? (--redis, REDIS_URL)")
-        })?;
-    Ok(Commands::Standalone { conn, addr })
+    }
 }
 
 /// The server's version, refused below 7 (sharded Pub/Sub, script flags).
-async fn version(commands: &mut Commands, cluster: bool, shown: &str) -> Result<String, String> {
+async fn version(commands: &Commands, cluster: bool, shown: &str) -> Result<String, String> {
     // Asked of one node: on a cluster, INFO would go to every master.
     let info: String = commands
         .on_slot(redis::cmd("INFO").arg("server"), 0)
@@ -332,15 +353,26 @@ async fn version(commands: &mut Commands, cluster: bool, shown: &str) -> Result<
     Ok(version)
 }
 
-/// Keeps the command connection's health current for `/readyz`.
-async fn watch_commands(mut conn: Commands, timeout: Duration, health: Arc<Health>) {
+/// Keeps the command connection's health current for `/readyz`, and
+/// replaces a connection that does not answer a `PING` in time: one that
+/// went silent without closing would otherwise hold every command until
+/// the kernel gives up on it, a quarter of an hour later.
+async fn watch_commands(commands: Commands, timeout: Duration, health: Arc<Health>) {
     loop {
         async_std::task::sleep(HEALTH_INTERVAL).await;
-        let ping = redis::cmd("PING");
         let ok = matches!(
-            async_std::future::timeout(timeout, ping.query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
+            async_std::future::timeout(timeout, commands.ping()).await,
+            Ok(Ok(()))
         );
+        if !ok {
+            match async_std::future::timeout(timeout, commands.replace()).await {
+                Ok(Ok(())) => log::info!(
+                    "Redis did not answer a PING within {timeout:?}: opened a new command connection"
+                ),
+                Ok(Err(e)) => log::debug!("no new Redis command connection yet: {e}"),
+                Err(_) => log::debug!("no new Redis command connection within {timeout:?}"),
+            }
+        }
         if health.commands.swap(ok, Ordering::AcqRel) != ok {
             if ok {
                 log::info!("Redis answers again");

@@ -89,7 +89,7 @@ impl RedisFeed {
         let channel = self.redis.keys.channel(&signal.room);
         let mut publish = redis::cmd("SPUBLISH");
         publish.arg(&channel).arg(payload);
-        let mut conn = self.redis.commands.clone();
+        let conn = &self.redis.commands;
         self.redis
             .bounded("signal", conn.on_slot::<i64>(&publish, slot_of(&channel)))
             .await
@@ -141,6 +141,21 @@ struct Link {
     pending: VecDeque<Pending>,
     /// Channels subscribed on it, as the node last counted them.
     count: i64,
+    /// Since when a request has waited for its reply with none coming: a
+    /// link silent for the time limit is taken for dead, even though
+    /// nothing closed it (a partition, a paused VM). Every subscription is
+    /// asserted again every few seconds, so a link that carries rooms is
+    /// asked something that often.
+    waiting_since: Option<Instant>,
+    /// How long a write or a reply may take.
+    timeout: Duration,
+}
+
+impl Link {
+    /// A reply came: the link lives.
+    fn answered(&mut self) {
+        self.waiting_since = (!self.pending.is_empty()).then(Instant::now);
+    }
 }
 
 enum Pending {
@@ -320,6 +335,8 @@ impl FeedTask {
                     stream,
                     pending: VecDeque::new(),
                     count: 0,
+                    waiting_since: None,
+                    timeout: self.setup.redis.timeout,
                 },
             );
         }
@@ -340,6 +357,7 @@ impl FeedTask {
                 if matches!(link.pending.front(), Some(Pending::Subscribe(r)) if *r == room) {
                     link.pending.pop_front();
                 }
+                link.answered();
                 let fresh = count > link.count;
                 link.count = count;
                 let Some(want) = self.wanted.get_mut(&room).filter(|w| w.link == Some(id)) else {
@@ -369,8 +387,10 @@ impl FeedTask {
                 link.count = count;
                 if matches!(link.pending.front(), Some(Pending::Unsubscribe(r)) if *r == room) {
                     link.pending.pop_front();
+                    link.answered();
                     return true;
                 }
+                link.answered();
                 // Not asked for: the node no longer serves the room's slot.
                 let addr = link.addr.clone();
                 if self.wanted.get(&room).is_some_and(|w| w.link == Some(id)) {
@@ -383,7 +403,9 @@ impl FeedTask {
                     return true;
                 };
                 let addr = link.addr.clone();
-                match link.pending.pop_front() {
+                let refused = link.pending.pop_front();
+                link.answered();
+                match refused {
                     Some(Pending::Subscribe(room)) => {
                         log::info!("Redis node {addr} refused room {room}'s subscription ({error}); reading the topology again");
                         if self.wanted.get(&room).is_some_and(|w| w.link == Some(id)) {
@@ -438,6 +460,7 @@ impl FeedTask {
     /// shutdown.
     async fn tick(&mut self) -> bool {
         let now = Instant::now();
+        self.close_silent(now).await;
         let unplaced: Vec<Room> = self
             .wanted
             .iter()
@@ -487,6 +510,26 @@ impl FeedTask {
         }
         self.setup.redis.health.set_feed(settled);
         !self.setup.events.is_closed()
+    }
+
+    /// Closes the links that have left a request unanswered for the time
+    /// limit: their rooms are placed again on fresh connections and
+    /// repaired from their streams.
+    async fn close_silent(&mut self, now: Instant) {
+        let limit = self.setup.redis.timeout;
+        let silent: Vec<u64> = self
+            .links
+            .values()
+            .filter(|link| {
+                link.waiting_since
+                    .is_some_and(|since| now.duration_since(since) >= limit)
+            })
+            .map(|link| link.id)
+            .collect();
+        for id in silent {
+            let why = format!("no reply within {limit:?}: the connection is silent");
+            self.close(id, &why).await;
+        }
     }
 
     /// Moves rooms whose slot changed owner, subscribes the others again
@@ -569,11 +612,19 @@ async fn open(addr: &str, setup: &FeedSetup) -> Result<TcpStream, String> {
     Ok(stream)
 }
 
+/// Writes a request on the link, within the time limit: a node that takes
+/// no bytes (its socket buffer full on a silent path) fails the write
+/// rather than holding the feed task.
 async fn send(link: &mut Link, cmd: &redis::Cmd) -> Result<(), String> {
-    link.stream
-        .write_all(&cmd.get_packed_command())
-        .await
-        .map_err(|e| format!("cannot write to {}: {e}", link.addr))
+    link.waiting_since.get_or_insert_with(Instant::now);
+    let timeout = link.timeout;
+    let write = async {
+        link.stream
+            .write_all(&cmd.get_packed_command())
+            .await
+            .map_err(|e| format!("cannot write to {}: {e}", link.addr))
+    };
+    bounded(timeout, write).await
 }
 
 /// Reads one link until it ends: messages go straight to the rooms, in the

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 pub mod event_stream;
+pub mod proxy;
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);

@@ -1,0 +1,130 @@
+//! Silent faults: the path between an instance and Redis stops carrying
+//! bytes without closing anything (a partition, a dropped conntrack entry,
+//! a paused VM), made with a proxy that swallows everything and leaves the
+//! connections that were open dead for good. The instance notices within
+//! seconds, opens fresh connections once the path is back, and every acked
+//! message reaches every member once, in order.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::{http, messages, on_redis, Client, Redis, Server};
+use serde_json::json;
+
+const TIMEOUT: &str = "500";
+
+/// Posts with a ref, retrying with the same ref while the instance answers
+/// `unavailable`, for up to `patience`. Returns the id, or None.
+async fn post_acked(addr: &str, room: &str, text: &str, patience: Duration) -> Option<u64> {
+    let body = json!({"user":"writer","text":text,"ref":text}).to_string();
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        let response = http(
+            addr,
+            "POST",
+            &format!("/rooms/{room}/messages"),
+            Some("application/json"),
+            body.as_bytes(),
+        );
+        match response.status {
+            201 => return response.json()["id"].as_u64(),
+            503 => assert_eq!(response.error_code(), "unavailable"),
+            other => panic!("unexpected answer {other}: {}", response.body),
+        }
+        async_std::task::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn member(server: &Server, room: &str) -> Client {
+    let (mut c, _) = Client::welcomed(&server.ws_url("?user=member")).await;
+    c.join(json!({"type":"join","room":room,"history":0})).await;
+    c
+}
+
+fn ids(frames: &[serde_json::Value]) -> Vec<u64> {
+    frames.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
+
+/// Instance b reaches Redis through the proxy, a directly. While b's path
+/// is silent a keeps storing; b's member gets everything, the messages of
+/// the silence included, once the path is back.
+#[async_std::test]
+async fn a_silent_feed_is_noticed_and_nothing_published_meanwhile_is_lost() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", redis.port));
+    let a = on_redis(&redis, &["--redis-timeout-ms", TIMEOUT]);
+    let b = Server::start(&["--redis", &proxy.url(), "--redis-timeout-ms", TIMEOUT]);
+    let mut on_b = member(&b, "hush").await;
+    let patience = Duration::from_secs(10);
+    for i in 1..=20 {
+        post_acked(&a.addr, "hush", &format!("m{i}"), patience)
+            .await
+            .unwrap();
+    }
+    proxy.silence();
+    let silent_since = Instant::now();
+    for i in 21..=60 {
+        post_acked(&a.addr, "hush", &format!("m{i}"), patience)
+            .await
+            .unwrap();
+        async_std::task::sleep(Duration::from_millis(50)).await;
+    }
+    async_std::task::sleep(Duration::from_secs(3).saturating_sub(silent_since.elapsed())).await;
+    proxy.speak();
+    for i in 61..=80 {
+        post_acked(&a.addr, "hush", &format!("m{i}"), patience)
+            .await
+            .unwrap();
+    }
+    let got = messages(&mut on_b, "hush", 80).await;
+    assert_eq!(ids(&got), (1..=80).collect::<Vec<_>>());
+    assert!(b.log().contains("the connection is silent"), "{}", b.log());
+}
+
+/// Instance a reaches Redis through the proxy. While its path is silent,
+/// sends are answered `unavailable`; once the path is back, a fresh command
+/// connection carries them again (the old one would hold them until the
+/// kernel gives up on it, a quarter of an hour later).
+#[async_std::test]
+async fn a_silent_command_connection_is_replaced_and_sends_go_through_again() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", redis.port));
+    let a = Server::start(&["--redis", &proxy.url(), "--redis-timeout-ms", TIMEOUT]);
+    let mut on_a = member(&a, "calm").await;
+    let patience = Duration::from_secs(10);
+    assert_eq!(
+        post_acked(&a.addr, "calm", "before", patience).await,
+        Some(1)
+    );
+    proxy.silence();
+    async_std::task::sleep(Duration::from_millis(1500)).await;
+    let refused = http(
+        &a.addr,
+        "POST",
+        "/rooms/calm/messages?user=writer",
+        Some("text/plain"),
+        b"while silent",
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    proxy.speak();
+    let spoke = Instant::now();
+    let id = post_acked(&a.addr, "calm", "after", patience).await;
+    assert!(
+        id.is_some(),
+        "no send went through in {patience:?} after the path came back"
+    );
+    let got = messages(&mut on_a, "calm", 2).await;
+    let texts: Vec<&str> = got.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts,
+        ["before", "after"],
+        "nothing of the silence reached Redis"
+    );
+    eprintln!(
+        "a send went through {:.1} s after the path came back",
+        spoke.elapsed().as_secs_f64()
+    );
+}
