@@ -35,6 +35,7 @@ pub mod redis_feed;
 pub mod redis_keys;
 pub mod redis_log;
 pub mod redis_presence;
+pub mod redis_writers;
 pub mod room_api;
 pub mod rooms;
 pub mod routes;

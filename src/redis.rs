@@ -19,6 +19,7 @@ use crate::log::StoreError;
 use crate::metrics::Metrics;
 use crate::redis_commands::{Commands, Connect, Connection};
 use crate::redis_keys::Keys;
+use crate::redis_writers::Writers;
 use crate::topology::Topology;
 
 /// How often the command connection is checked for readiness.
@@ -36,6 +37,8 @@ pub struct RedisOptions<'a> {
 
 pub struct Redis {
     pub commands: Commands,
+    /// The connections appends go over, one per master.
+    pub writers: Writers,
     pub keys: Keys,
     /// How long any Redis call may take.
     pub timeout: Duration,
@@ -125,6 +128,7 @@ impl Redis {
         async_std::task::spawn(watch_commands(commands.clone(), timeout, health.clone()));
         Ok(Redis {
             commands,
+            writers: Writers::new(&clients[0], timeout),
             keys: Keys::new(prefix),
             timeout,
             cluster,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use redis::aio::MultiplexedConnection;
 use redis::{Script, ScriptInvocation, Value};
 
 use crate::error::{Error, ErrorCode};
@@ -133,6 +134,15 @@ impl RedisLog {
                     }
                     log::debug!("retrying sends to room {room}: {}", failure.error);
                     async_std::task::sleep(RETRY_PAUSE).await;
+                    if failure.nothing_written {
+                        // The slot may have moved: ask where it is now.
+                        let asked = self.redis.commands.topology();
+                        if let Ok(Ok(topology)) =
+                            async_std::future::timeout(self.redis.timeout, asked).await
+                        {
+                            self.redis.health.set_topology(topology);
+                        }
+                    }
                 }
             }
         }
@@ -150,10 +160,8 @@ impl RedisLog {
         let keys = &self.redis.keys;
         let channel = keys.channel(room);
         let slot = slot_of(&channel);
-        let replicas = self
-            .redis
-            .health
-            .topology()
+        let topology = self.redis.health.topology();
+        let replicas = topology
             .owner(slot)
             .map_or(0, |shard| shard.replicas.min(self.replicas));
         let mut invocation = self.invocation(&self.append, room);
@@ -184,15 +192,28 @@ impl RedisLog {
             add_event(&mut invocation, append, ts, &prefix, &suffix, reference);
             frames.push((prefix, suffix));
         }
-        let mut conn = self.redis.commands.clone();
-        let answers: Vec<Answer> = self
-            .redis
-            .attempt("append", invocation.invoke_async(&mut conn))
-            .await?;
-        if replicas > 0 {
-            self.replicate(room, &frames, &answers, replicas, slot)
+        let Some(addr) = topology.owner(slot).map(|shard| shard.addr.clone()) else {
+            return Err(Failure {
+                error: StoreError(format!("no Redis master owns room {room}'s slot right now")),
+                nothing_written: true,
+            });
+        };
+        let writers = &self.redis.writers;
+        let stored = async {
+            let mut conn = self.redis.attempt("connect", writers.to(&addr)).await?;
+            let answers: Vec<Answer> = self
+                .redis
+                .attempt("append", invocation.invoke_async(&mut conn))
                 .await?;
-        }
+            if replicas > 0 {
+                self.replicate(room, &frames, &answers, replicas, &mut conn)
+                    .await?;
+            }
+            Ok(answers)
+        };
+        let answers: Vec<Answer> = stored
+            .await
+            .inspect_err(|_| writers.drop_connection(&addr))?;
         Ok(answers
             .into_iter()
             .zip(batch)
@@ -209,7 +230,7 @@ impl RedisLog {
         frames: &[(String, String)],
         answers: &[Answer],
         replicas: usize,
-        slot: u16,
+        conn: &mut MultiplexedConnection,
     ) -> Result<(), Failure> {
         let mut payloads = Vec::new();
         for ((prefix, suffix), (epoch, id, _, repeat, nonce, _)) in frames.iter().zip(answers) {
@@ -234,10 +255,9 @@ impl RedisLog {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas)
             .arg(self.redis.timeout.as_millis() as u64 / 2);
-        let mut conn = self.redis.commands.clone();
         let reached: usize = self
             .redis
-            .attempt("wait for replicas", conn.on_slot(&wait, slot))
+            .attempt("wait for replicas", wait.query_async(conn))
             .await?;
         if reached < replicas {
             self.redis.health.metrics.redis_error();
@@ -254,7 +274,7 @@ impl RedisLog {
             announce.arg(id).arg(payload);
         }
         self.redis
-            .attempt("publish", announce.invoke_async::<i64>(&mut conn))
+            .attempt("publish", announce.invoke_async::<i64>(conn))
             .await?;
         Ok(())
     }

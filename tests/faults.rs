@@ -388,3 +388,39 @@ async fn with_a_replica_every_member_gets_every_message_the_last_ones_too() {
         reader.await;
     }
 }
+
+/// A replica that stops acknowledging holds up the sends that wait for it
+/// and nothing else: while four sends wait in `WAIT`, reads of another room
+/// and presence are answered, not refused for a Redis that is fine.
+#[async_std::test]
+async fn sends_waiting_for_a_replica_hold_up_no_reads() {
+    let master = Redis::start();
+    let replica = master.replica();
+    let a = on_redis(&master, &["--redis-timeout-ms", "2000"]);
+    let (mut sender, _) = Client::welcomed(&a.ws_url("?user=sender")).await;
+    assert_eq!(sender.say("w", "replicated").await, 1);
+    replica.signal("STOP");
+    let sends: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = a.addr.clone();
+            std::thread::spawn(move || {
+                let path = format!("/rooms/w/messages?user=u{i}");
+                http(&addr, "POST", &path, Some("text/plain"), b"held").status
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let read = get(&a.addr, "/rooms/elsewhere/messages");
+        assert_eq!(read.status, 200, "a read behind WAIT: {}", read.body);
+        let presence = get(&a.addr, "/rooms/elsewhere/presence");
+        assert_eq!(
+            presence.status, 200,
+            "presence behind WAIT: {}",
+            presence.body
+        );
+    }
+    let statuses: Vec<u16> = sends.into_iter().map(|s| s.join().unwrap()).collect();
+    assert_eq!(statuses, [503; 4], "no replica acknowledged them");
+    replica.signal("CONT");
+}
