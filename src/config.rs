@@ -50,9 +50,16 @@ pub struct Flags {
     pub redis_prefix: Option<String>,
 
     /// milliseconds a Redis call may take before the request is answered
-    /// `unavailable` [REDIS_TIMEOUT_MS, default 2000]
+    /// `unavailable`, and a probe before its connection is replaced
+    /// [REDIS_TIMEOUT_MS, default 2000]
     #[argh(option)]
     pub redis_timeout_ms: Option<u64>,
+
+    /// milliseconds between probes (PING) of every Redis connection, so that
+    /// one gone silent without closing is found [REDIS_PROBE_MS, default
+    /// 1000]
+    #[argh(option)]
+    pub redis_probe_ms: Option<u64>,
 
     /// replicas a message must reach (WAIT) before it is delivered and
     /// acked, so that a failover cannot lose it; at most as many as the
@@ -349,6 +356,7 @@ pub struct Config {
     pub redis_mode: RedisMode,
     pub redis_prefix: String,
     pub redis_timeout_ms: u64,
+    pub redis_probe_ms: u64,
     pub redis_replicas: usize,
     /// `None`: by mode.
     pub redis_retry_ms: Option<u64>,
@@ -417,6 +425,7 @@ impl Config {
                 "parlor".to_owned(),
             )?,
             redis_timeout_ms: pick(flags.redis_timeout_ms, &env, "REDIS_TIMEOUT_MS", 2000)?,
+            redis_probe_ms: pick(flags.redis_probe_ms, &env, "REDIS_PROBE_MS", 1000)?,
             redis_replicas: pick(flags.redis_replicas, &env, "REDIS_REPLICAS", 1)?,
             redis_retry_ms: match flags.redis_retry_ms {
                 Some(ms) => Some(ms),
@@ -581,6 +590,7 @@ impl Config {
             ("--header-timeout-ms", self.header_timeout_ms as usize),
             ("--presence-ttl-ms", self.presence_ttl_ms as usize),
             ("--ping-interval-ms", self.ping_interval_ms as usize),
+            ("--redis-probe-ms", self.redis_probe_ms as usize),
         ];
         for (flag, value) in positive {
             if value == 0 {

@@ -132,6 +132,7 @@ async fn run(mut config: Config) -> Result<(), String> {
                 mode: config.redis_mode,
                 prefix: &config.redis_prefix,
                 timeout: Duration::from_millis(config.redis_timeout_ms),
+                probe: Duration::from_millis(config.redis_probe_ms),
                 metrics: metrics.clone(),
             };
             let log = LogOptions {

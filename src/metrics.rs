@@ -41,6 +41,7 @@ struct Inner {
     slow_closes: Counter,
     redis_errors: Counter,
     redis_reconnects: Counter,
+    redis_silent: Counter,
     publish_seconds: Histogram,
 }
 
@@ -125,6 +126,12 @@ impl Default for Metrics {
                 "Times the Redis live feed connected again after losing its connection",
                 counter(),
             ),
+            redis_silent: add(
+                &mut r,
+                "redis_silent_connections",
+                "Redis connections that left a probe or request unanswered in time and were replaced",
+                counter(),
+            ),
             publish_seconds: add(
                 &mut r,
                 "publish_seconds",
@@ -182,6 +189,11 @@ impl Metrics {
 
     pub fn redis_error(&self) {
         self.0.redis_errors.inc();
+    }
+
+    /// A Redis connection went silent and was replaced.
+    pub fn redis_silent(&self) {
+        self.0.redis_silent.inc();
     }
 
     pub fn redis_reconnect(&self) {

@@ -22,9 +22,6 @@ use crate::redis_keys::Keys;
 use crate::redis_writers::Writers;
 use crate::topology::Topology;
 
-/// How often the command connection is checked for readiness.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-
 /// What connecting needs to know.
 pub struct RedisOptions<'a> {
     /// One URL, or several seed nodes of a cluster separated by commas.
@@ -32,6 +29,8 @@ pub struct RedisOptions<'a> {
     pub mode: RedisMode,
     pub prefix: &'a str,
     pub timeout: Duration,
+    /// How often every connection is probed.
+    pub probe: Duration,
     pub metrics: Metrics,
 }
 
@@ -42,6 +41,8 @@ pub struct Redis {
     pub keys: Keys,
     /// How long any Redis call may take.
     pub timeout: Duration,
+    /// How often every connection is probed.
+    pub probe: Duration,
     pub cluster: bool,
     pub health: Arc<Health>,
     /// The URL without its password, for logs.
@@ -91,6 +92,7 @@ impl Redis {
             mode,
             prefix,
             timeout,
+            probe,
             metrics,
         } = options;
         let shown = redact(url);
@@ -125,12 +127,18 @@ impl Redis {
             metrics,
             topology: Mutex::new(Arc::new(topology)),
         });
-        async_std::task::spawn(watch_commands(commands.clone(), timeout, health.clone()));
+        async_std::task::spawn(watch_commands(
+            commands.clone(),
+            probe,
+            timeout,
+            health.clone(),
+        ));
         Ok(Redis {
             commands,
             writers: Writers::new(&clients[0], timeout),
             keys: Keys::new(prefix),
             timeout,
+            probe,
             cluster,
             health,
             url: shown,
@@ -361,14 +369,20 @@ async fn version(commands: &Commands, cluster: bool, shown: &str) -> Result<Stri
 /// replaces a connection that does not answer a `PING` in time: one that
 /// went silent without closing would otherwise hold every command until
 /// the kernel gives up on it, a quarter of an hour later.
-async fn watch_commands(commands: Commands, timeout: Duration, health: Arc<Health>) {
+async fn watch_commands(
+    commands: Commands,
+    probe: Duration,
+    timeout: Duration,
+    health: Arc<Health>,
+) {
     loop {
-        async_std::task::sleep(HEALTH_INTERVAL).await;
+        async_std::task::sleep(probe).await;
         let ok = matches!(
             async_std::future::timeout(timeout, commands.ping()).await,
             Ok(Ok(()))
         );
         if !ok {
+            health.metrics.redis_silent();
             match async_std::future::timeout(timeout, commands.replace()).await {
                 Ok(Ok(())) => log::info!(
                     "Redis did not answer a PING within {timeout:?}: opened a new command connection"

@@ -149,6 +149,8 @@ struct Link {
     waiting_since: Option<Instant>,
     /// How long a write or a reply may take.
     timeout: Duration,
+    /// When the link was last probed with a `PING`.
+    probed: Instant,
 }
 
 impl Link {
@@ -161,12 +163,14 @@ impl Link {
 enum Pending {
     Subscribe(Room),
     Unsubscribe(Room),
+    Ping,
 }
 
 enum LinkEvent {
     Subscribed(u64, Room, i64),
     Unsubscribed(u64, Room, i64),
     Refused(u64, String),
+    Pong(u64),
     Closed(u64, String),
 }
 
@@ -337,6 +341,7 @@ impl FeedTask {
                     count: 0,
                     waiting_since: None,
                     timeout: self.setup.redis.timeout,
+                    probed: Instant::now(),
                 },
             );
         }
@@ -413,6 +418,14 @@ impl FeedTask {
                         }
                     }
                     _ => log::warn!("Redis node {addr} refused a live feed request: {error}"),
+                }
+            }
+            LinkEvent::Pong(id) => {
+                if let Some(link) = self.link_mut(id) {
+                    if matches!(link.pending.front(), Some(Pending::Ping)) {
+                        link.pending.pop_front();
+                    }
+                    link.answered();
                 }
             }
             LinkEvent::Closed(id, why) => self.close(id, &why).await,
@@ -516,6 +529,7 @@ impl FeedTask {
     /// limit: their rooms are placed again on fresh connections and
     /// repaired from their streams.
     async fn close_silent(&mut self, now: Instant) {
+        self.probe(now).await;
         let limit = self.setup.redis.timeout;
         let silent: Vec<u64> = self
             .links
@@ -527,20 +541,49 @@ impl FeedTask {
             .map(|link| link.id)
             .collect();
         for id in silent {
+            self.setup.redis.health.metrics.redis_silent();
             let why = format!("no reply within {limit:?}: the connection is silent");
             self.close(id, &why).await;
         }
     }
 
+    /// `PING`s every link with nothing outstanding that was not probed for
+    /// `--redis-probe-ms`: a link that carries rooms but hears nothing is
+    /// otherwise indistinguishable from a quiet one.
+    async fn probe(&mut self, now: Instant) {
+        let every = self.setup.redis.probe;
+        let mut failed = Vec::new();
+        for link in self.links.values_mut() {
+            if link.waiting_since.is_some() || now.duration_since(link.probed) < every {
+                continue;
+            }
+            link.probed = now;
+            link.pending.push_back(Pending::Ping);
+            if send(link, &redis::cmd("PING")).await.is_err() {
+                failed.push(link.id);
+            }
+        }
+        for id in failed {
+            self.close(id, "write failed").await;
+        }
+    }
+
     /// Moves rooms whose slot changed owner, subscribes the others again
-    /// where they are (a no-op for Redis when nothing was lost), and closes
-    /// links that no longer carry anything.
+    /// where they are when the node's count of a link's channels disagrees
+    /// with the rooms placed on it (a no-op for Redis when nothing was
+    /// lost), and closes links that no longer carry anything. A link whose
+    /// count agrees is sent nothing: its probe says it lives.
     async fn reassert(&mut self, topology: &Topology) {
         let placed: Vec<(Room, u64)> = self
             .wanted
             .iter()
             .filter_map(|(room, w)| Some((room.clone(), w.link?)))
             .collect();
+        let mut on_link: HashMap<u64, i64> = HashMap::new();
+        for (room, id) in &placed {
+            let subscribed = self.wanted.get(room).is_some_and(|w| w.subscribed);
+            *on_link.entry(*id).or_default() += i64::from(subscribed);
+        }
         for (room, id) in placed {
             let channel = self.setup.redis.keys.channel(&room);
             let owner = topology.owner(slot_of(&channel)).map(|s| s.addr.clone());
@@ -548,6 +591,11 @@ impl FeedTask {
                 continue;
             };
             let moved = owner.as_deref() != Some(link.addr.as_str());
+            let settled = link.pending.iter().all(|p| matches!(p, Pending::Ping));
+            let agrees = settled && on_link.get(&id) == Some(&link.count);
+            if !moved && agrees {
+                continue;
+            }
             let (verb, pending) = if moved {
                 ("SUNSUBSCRIBE", Pending::Unsubscribe(room.clone()))
             } else {
@@ -655,6 +703,7 @@ async fn read_link(
                     }
                     continue;
                 }
+                [Reply::Text(kind), Reply::Text(_)] if kind == b"pong" => LinkEvent::Pong(id),
                 [Reply::Text(kind), Reply::Text(channel), Reply::Int(count)] => {
                     let Some(room) = keys.room_of_channel(&String::from_utf8_lossy(channel)) else {
                         continue;
