@@ -14,7 +14,7 @@ REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint audit fmt client deps redis cluster bench clean
+.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence clean
 
 build:
 	$(CARGO) build --release
@@ -115,6 +115,11 @@ bench: bench/socketio/node_modules/.package-lock.json
 # an ignored folder; again whenever the lock file changes.
 bench/socketio/node_modules/.package-lock.json: bench/socketio/package-lock.json
 	npm ci --prefix bench/socketio --no-audit --no-fund
+
+# Redis time per presence change in a room of 20,000 users.
+bench-presence:
+	@$(MAKE) --no-print-directory deps DEPS=redis-server=redis-server
+	python3 bench/presence_cost.py
 
 clean:
 	$(CARGO) clean

@@ -40,6 +40,11 @@ impl Keys {
         format!("{}:{{{room}}}:presence", self.prefix)
     }
 
+    /// How many entries of the presence set each user has.
+    pub fn presence_counts(&self, room: &Room) -> String {
+        format!("{}:{{{room}}}:present", self.prefix)
+    }
+
     pub fn channel(&self, room: &Room) -> String {
         format!("{}:{{{room}}}:live", self.prefix)
     }

@@ -43,6 +43,7 @@ impl RedisPresence {
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(keys.presence(room))
+            .key(keys.presence_counts(room))
             .arg(op)
             .arg(now)
             .arg(now + ttl)
