@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
 """Redis time per presence change in a room that already holds 20,000
-users: joins and leaves of 1,000 more users through src/lua/presence.lua
-(or the scripts given), on a redis-server of its own, read from Redis's
-own command statistics (usec_per_call of EVALSHA).
+users: joins and leaves of 1,000 more users through src/lua/presence.lua,
+on a redis-server of its own, read from Redis's own command statistics
+(usec_per_call of EVALSHA).
 
-    python3 bench/presence_cost.py [script.lua ...]
+    python3 bench/presence_cost.py
 """
 import os
 import socket
 import subprocess
-import sys
 import time
 
 USERS = 20_000
@@ -32,7 +31,7 @@ def resp(*args):
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    scripts = sys.argv[1:] or [os.path.join(here, "..", "src", "lua", "presence.lua")]
+    scripts = [os.path.join(here, "..", "src", "lua", "presence.lua")]
     port = free_port()
     server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
@@ -55,7 +54,7 @@ def main():
 
             def change(op, user):
                 return resp("EVALSHA", sha, 2, *keys, op, now, now + 3_600_000,
-                            7_200_000, "p:{r}:live", "{}", user, "instance")
+                            7_200_000, "p:{r}:live", "{}", "instance", user)
 
             fill = b"".join(change("join", f"u{i}") for i in range(USERS))
             subprocess.run(cli + ["--pipe"], input=fill, capture_output=True, check=True)

@@ -83,7 +83,12 @@ impl PresenceStore for MemoryPresence {
         .boxed()
     }
 
-    fn sweep<'a>(&'a self, _room: &'a Room) -> BoxFuture<'a, Result<(), StoreError>> {
+    /// Nothing expires here, so a beat has nothing to refresh or sweep.
+    fn beat<'a>(
+        &'a self,
+        _room: &'a Room,
+        _users: &'a [User],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         async { Ok(()) }.boxed()
     }
 

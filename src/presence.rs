@@ -10,7 +10,7 @@
 //! (an arrival) or by expiry and the sweep (a departure). A heartbeat lets
 //! waiting changes go first every few calls, so a long one holds none back.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ use crate::presence_store::PresenceStore;
 
 /// Heartbeat calls between two looks at the waiting changes.
 const BEATS_PER_TURN: usize = 32;
+/// Users of one room refreshed by one heartbeat call.
+const USERS_PER_BEAT: usize = 500;
 /// Changes told before the task looks at the clock for a heartbeat.
 const CHANGES_PER_TURN: usize = 256;
 
@@ -129,27 +131,34 @@ async fn tell(store: &dyn PresenceStore, shared: &Shared) {
 }
 
 /// Refreshes every entry of this instance (an entry that expired meanwhile
-/// comes back, and says so), then sweeps the entries of instances that
-/// stopped beating. Waiting changes go first every few calls.
+/// comes back, and says so) and sweeps the entries of instances that
+/// stopped beating: one call per room and few hundred users. Waiting
+/// changes go first every few calls.
 async fn heartbeat(store: &dyn PresenceStore, shared: &Shared) {
-    let told = lock(&shared.queue).told();
-    for (n, key) in told.iter().enumerate() {
-        if n % BEATS_PER_TURN == 0 {
-            tell(store, shared).await;
-        }
-        if !lock(&shared.queue).is_told(key) {
-            continue;
-        }
-        if let Err(e) = store.arrive(&key.0, &key.1).await {
-            log::debug!("presence heartbeat failed: {e}");
-            break;
-        }
+    let mut rooms: HashMap<Room, Vec<User>> = HashMap::new();
+    for (room, user) in lock(&shared.queue).told() {
+        rooms.entry(room).or_default().push(user);
     }
-    let rooms: HashSet<&Room> = told.iter().map(|(room, _)| room).collect();
-    for room in rooms {
-        if let Err(e) = store.sweep(room).await {
-            log::debug!("presence sweep failed: {e}");
-            break;
+    let mut calls = 0;
+    for (room, users) in &rooms {
+        for chunk in users.chunks(USERS_PER_BEAT) {
+            if calls % BEATS_PER_TURN == 0 {
+                tell(store, shared).await;
+            }
+            calls += 1;
+            // Only users still here: one who left meanwhile stays gone.
+            let here: Vec<User> = {
+                let queue = lock(&shared.queue);
+                chunk
+                    .iter()
+                    .filter(|user| queue.is_told(&(room.clone(), (*user).clone())))
+                    .cloned()
+                    .collect()
+            };
+            if let Err(e) = store.beat(room, &here).await {
+                log::debug!("presence heartbeat of {room} failed: {e}");
+                return;
+            }
         }
     }
 }

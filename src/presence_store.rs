@@ -28,9 +28,16 @@ pub trait PresenceStore: Send + Sync {
         user: &'a User,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Removes the entries of instances that stopped refreshing theirs, and
-    /// announces the users who thereby left.
-    fn sweep<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The heartbeat of one room: refreshes the entries of `users` on this
+    /// instance (announcing `member` join for any that expired meanwhile),
+    /// then removes the entries of instances that stopped refreshing
+    /// theirs and announces the users who thereby left. One call per room
+    /// (and per few hundred users), whatever the room's size.
+    fn beat<'a>(
+        &'a self,
+        room: &'a Room,
+        users: &'a [User],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The users present in `room`, each once, sorted.
     fn users<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;

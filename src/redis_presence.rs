@@ -34,9 +34,9 @@ impl RedisPresence {
         }
     }
 
-    /// Runs the script: `join` and `leave` for `user` on this instance, or
-    /// `sweep` of expired entries.
-    async fn run(&self, op: &str, room: &Room, user: Option<&User>) -> Result<(), StoreError> {
+    /// Runs the script: `join` and `leave` of one user on this instance, or
+    /// `beat`, the heartbeat of `users` and a sweep of expired entries.
+    async fn run(&self, op: &str, room: &Room, users: &[User]) -> Result<(), StoreError> {
         let now = now_millis();
         let ttl = self.ttl.as_millis() as u64;
         let keys = &self.redis.keys;
@@ -50,8 +50,9 @@ impl RedisPresence {
             .arg(2 * ttl)
             .arg(keys.channel(room))
             .arg(protocol::member_prefix(room));
-        if let Some(user) = user {
-            invocation.arg(user.as_str()).arg(&self.instance);
+        invocation.arg(&self.instance);
+        for user in users {
+            invocation.arg(user.as_str());
         }
         let mut conn = self.redis.commands.clone();
         self.redis
@@ -87,7 +88,7 @@ impl PresenceStore for RedisPresence {
         room: &'a Room,
         user: &'a User,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.run("join", room, Some(user)).boxed()
+        self.run("join", room, std::slice::from_ref(user)).boxed()
     }
 
     fn depart<'a>(
@@ -95,11 +96,15 @@ impl PresenceStore for RedisPresence {
         room: &'a Room,
         user: &'a User,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.run("leave", room, Some(user)).boxed()
+        self.run("leave", room, std::slice::from_ref(user)).boxed()
     }
 
-    fn sweep<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.run("sweep", room, None).boxed()
+    fn beat<'a>(
+        &'a self,
+        room: &'a Room,
+        users: &'a [User],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.run("beat", room, users).boxed()
     }
 
     fn users<'a>(&'a self, room: &'a Room) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {

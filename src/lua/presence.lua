@@ -8,8 +8,9 @@
 -- entry it touches, however many users the room has.
 --
 -- KEYS[1] the room's presence set, KEYS[2] its counts
--- ARGV: op ('join', 'leave' or 'sweep'), now (ms), expiry (ms), key ttl (ms),
---       channel, frame prefix, and for join and leave: user, instance.
+-- ARGV: op ('join', 'leave' or 'beat'), now (ms), expiry (ms), key ttl (ms),
+--       channel, frame prefix, instance, then the users: one for join and
+--       leave; for beat, those of this instance to refresh before the sweep.
 -- A member frame is prefix .. json(user) .. ',"event":"join"}' (or "leave").
 local key, counts = KEYS[1], KEYS[2]
 local op, now, expiry, key_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -33,19 +34,27 @@ local function remove(entry, user)
   end
 end
 
-if op == 'join' then
-  local user, instance = ARGV[7], ARGV[8]
+-- Adds or refreshes `user`'s entry of this instance; announces the join
+-- when it is the user's first.
+local function refresh(user, instance)
   if redis.call('ZADD', key, expiry, user .. '\n' .. instance) == 1 then
     if redis.call('HINCRBY', counts, user, 1) == 1 then
       announce(user, 'join')
     end
   end
+end
+
+local instance = ARGV[7]
+if op == 'join' or op == 'beat' then
+  for i = 8, #ARGV do
+    refresh(ARGV[i], instance)
+  end
   redis.call('PEXPIRE', key, key_ttl)
   redis.call('PEXPIRE', counts, key_ttl)
-elseif op == 'leave' then
-  local user, instance = ARGV[7], ARGV[8]
-  remove(user .. '\n' .. instance, user)
-elseif op == 'sweep' then
+end
+if op == 'leave' then
+  remove(ARGV[8] .. '\n' .. instance, ARGV[8])
+elseif op == 'beat' then
   local expired = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, SWEEP_BATCH)
   for _, entry in ipairs(expired) do
     remove(entry, string.match(entry, '^(.*)\n'))
