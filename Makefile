@@ -8,13 +8,14 @@
 #   make client PORT=8082 ROOM=general NAME=alice
 #   make cluster                                 # a local Redis Cluster on ports 7000-7005
 #   make bench                                   # parlor against Socket.IO: docs/BENCHMARKS.md
+#   make soak                                    # the fault suite, 10 minutes
 
 CARGO ?= cargo
 REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence clean
+.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -115,6 +116,19 @@ bench: bench/socketio/node_modules/.package-lock.json
 # an ignored folder; again whenever the lock file changes.
 bench/socketio/node_modules/.package-lock.json: bench/socketio/package-lock.json
 	npm ci --prefix bench/socketio --no-audit --no-fund
+
+# The fault suite: instances over Redis through fault-injecting proxies,
+# members and publishers, random faults for SOAK_SECONDS (600), then a
+# check that every acked message reached every member once, in order.
+soak:
+	@$(MAKE) --no-print-directory deps DEPS=redis-server=redis-server
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/soak --seconds $(or $(SOAK_SECONDS),600)
+
+# Property tests of every parser of client input, for longer: FUZZ_CASES
+# runs of each property (default 200000), in release.
+fuzz:
+	PROPTEST_CASES=$(or $(FUZZ_CASES),200000) $(CARGO) test --release --test decoder_fuzz
 
 # Redis time per presence change in a room of 20,000 users.
 bench-presence:

@@ -62,7 +62,7 @@ impl App {
             timeout: Duration::from_millis(config.redis_timeout_ms),
         });
         App {
-            access: Access::new(config.secret.as_deref()),
+            access: Access::new(config.secret.as_deref(), config.expect()),
             origins: config.origins().expect("checked with the configuration"),
             limits: Limits {
                 max_text_bytes: config.max_text,

@@ -12,13 +12,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Room, User};
-use crate::token::{self, Claims};
+use crate::token::{self, Audience, Claims, Expect};
 
 /// How requests are let in: open, as in the demo, or by token.
 pub enum Access {
     Open,
-    /// Tokens signed with this secret.
-    Token(Vec<u8>),
+    /// Tokens signed with this secret, with the issuer and audience asked.
+    Token {
+        secret: Vec<u8>,
+        expect: Expect,
+    },
 }
 
 /// A client as its token describes it.
@@ -78,10 +81,13 @@ impl Identity {
 }
 
 impl Access {
-    pub fn new(secret: Option<&str>) -> Access {
+    pub fn new(secret: Option<&str>, expect: Expect) -> Access {
         match secret {
             None => Access::Open,
-            Some(secret) => Access::Token(secret.as_bytes().to_vec()),
+            Some(secret) => Access::Token {
+                secret: secret.as_bytes().to_vec(),
+                expect,
+            },
         }
     }
 
@@ -103,7 +109,7 @@ impl Access {
                     expires: u64::MAX,
                 }),
             }),
-            Access::Token(secret) => verify(secret, token).map(Some),
+            Access::Token { secret, expect } => verify(secret, expect, token).map(Some),
         }
     }
 
@@ -113,12 +119,12 @@ impl Access {
 }
 
 /// The identity of a token signed with `secret`, or `unauthorized`.
-fn verify(secret: &[u8], token: Option<&str>) -> Result<Identity, Error> {
+fn verify(secret: &[u8], expect: &Expect, token: Option<&str>) -> Result<Identity, Error> {
     let unauthorized = |why: String| Error::new(ErrorCode::Unauthorized, why);
     let token = token.ok_or_else(|| {
         unauthorized("a token is required: ?token= on /ws, Authorization: Bearer over HTTP".into())
     })?;
-    let claims = token::verify(secret, token, now_secs())
+    let claims = token::verify(secret, token, now_secs(), expect)
         .map_err(|why| unauthorized(format!("the token is not valid: {why}")))?;
     let user = User::parse(&claims.sub)
         .ok()
@@ -141,6 +147,9 @@ pub struct Grant {
     pub rooms: Option<Vec<String>>,
     pub moderator: bool,
     pub ttl: Duration,
+    /// The `iss` and `aud` claims, for a server that asks for them.
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
 }
 
 /// Signs a token for a grant.
@@ -155,6 +164,8 @@ pub fn issue(secret: &str, grant: Grant) -> Result<String, String> {
         nbf: None,
         rooms: grant.rooms,
         moderator: grant.moderator,
+        iss: grant.issuer,
+        aud: grant.audience.map(Audience::One),
     };
     Ok(token::sign(secret.as_bytes(), &claims))
 }
@@ -200,10 +211,12 @@ mod tests {
                 rooms: Some(vec!["team-*".into(), "lobby".into()]),
                 moderator: true,
                 ttl: Duration::from_secs(60),
+                issuer: None,
+                audience: None,
             },
         )
         .unwrap();
-        let access = Access::new(Some("s3cret"));
+        let access = Access::new(Some("s3cret"), Expect::default());
         let who = access
             .identify(Some(&token), Some("mallory"))
             .unwrap()
@@ -222,12 +235,14 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_unauthorized() {
-        let access = Access::new(Some("s3cret"));
+        let access = Access::new(Some("s3cret"), Expect::default());
         let grant = Grant {
             sub: "alice".into(),
             rooms: None,
             moderator: false,
             ttl: Duration::from_secs(60),
+            issuer: None,
+            audience: None,
         };
         let other_key = issue("other", grant).unwrap();
         let expired = token::sign(
@@ -238,6 +253,8 @@ mod tests {
                 nbf: None,
                 rooms: None,
                 moderator: false,
+                iss: None,
+                aud: None,
             },
         );
         let padded = issue(
@@ -247,6 +264,8 @@ mod tests {
                 rooms: None,
                 moderator: false,
                 ttl: Duration::from_secs(60),
+                issuer: None,
+                audience: None,
             },
         );
         assert!(padded.is_err(), "a sub with spaces around it is not signed");
@@ -267,7 +286,7 @@ mod tests {
 
     #[test]
     fn an_open_server_takes_the_claimed_user() {
-        let access = Access::new(None);
+        let access = Access::new(None, Expect::default());
         assert!(access.is_open());
         let who = access.identify(None, Some(" bob ")).unwrap().unwrap();
         assert_eq!(who.user.as_str(), "bob");

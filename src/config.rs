@@ -11,6 +11,7 @@ use std::str::FromStr;
 use argh::FromArgs;
 
 use crate::origin::Origins;
+use crate::token::Expect;
 
 /// parlor: a chat server over WebSocket, HTTP and server-sent events. Each
 /// flag can also be set by the environment variable named in its
@@ -184,6 +185,14 @@ pub struct Flags {
     #[argh(option)]
     pub secret_file: Option<String>,
 
+    /// the iss a token must carry [PARLOR_ISSUER, default: any]
+    #[argh(option)]
+    pub issuer: Option<String>,
+
+    /// a name the token's aud must hold [PARLOR_AUDIENCE, default: any]
+    #[argh(option)]
+    pub audience: Option<String>,
+
     /// the URLs people open parlor at, comma-separated, such as
     /// https://chat.example.com: their pages may connect and change rooms,
     /// and requests for other host names are refused [PARLOR_PUBLIC_URL,
@@ -312,6 +321,14 @@ pub struct TokenFlags {
     #[argh(option)]
     pub secret_file: Option<String>,
 
+    /// the iss claim, for a server started with --issuer [PARLOR_ISSUER]
+    #[argh(option)]
+    pub issuer: Option<String>,
+
+    /// the aud claim, for a server started with --audience [PARLOR_AUDIENCE]
+    #[argh(option)]
+    pub audience: Option<String>,
+
     /// the user the token speaks for
     #[argh(option)]
     pub sub: String,
@@ -382,6 +399,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub log_format: LogFormat,
     pub secret: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
     /// `--public-url`s, as given.
     pub public_urls: Vec<String>,
     /// `None`: not given.
@@ -507,6 +526,8 @@ impl Config {
                 }
             },
             secret: Config::secret(flags.secret, flags.secret_file, &env)?,
+            issuer: flags.issuer.or_else(|| env("PARLOR_ISSUER")),
+            audience: flags.audience.or_else(|| env("PARLOR_AUDIENCE")),
             public_urls: flags
                 .public_url
                 .or_else(|| env("PARLOR_PUBLIC_URL"))
@@ -561,6 +582,14 @@ impl Config {
                 }
                 Ok(Some(secret.to_owned()))
             }
+        }
+    }
+
+    /// What tokens must say beyond their signature: `--issuer`, `--audience`.
+    pub fn expect(&self) -> Expect {
+        Expect {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
         }
     }
 

@@ -90,6 +90,8 @@ fn print_token(flags: TokenFlags) -> ExitCode {
         rooms: rooms.clone(),
         moderator: flags.moderator,
         ttl,
+        issuer: flags.issuer.clone().or_else(|| env("PARLOR_ISSUER")),
+        audience: flags.audience.clone().or_else(|| env("PARLOR_AUDIENCE")),
     };
     match auth::parse_ttl(&flags.ttl).and_then(|ttl| auth::issue(&secret, grant(ttl))) {
         Ok(token) => {

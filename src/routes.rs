@@ -323,6 +323,7 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
             ),
         ));
     }
+    let chose_parlor = protocols(&req).any(|p| p == PROTOCOL);
     let upgrading = hyper::upgrade::on(&mut req);
     async_std::task::spawn(websocket(app.clone(), upgrading, params));
     let mut response = Response::new(full(Bytes::new()));
@@ -334,6 +335,12 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
+    if chose_parlor {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(PROTOCOL),
+        );
+    }
     Ok(response)
 }
 
@@ -424,8 +431,28 @@ fn page_may(app: &App, req: &Request<Incoming>, act: Act) -> Result<(), Error> {
         .map_err(|e| Error::new(ErrorCode::Forbidden, e))
 }
 
+/// The sub-protocol a browser names to carry its token in the handshake
+/// (`new WebSocket(url, ["parlor", "parlor.token." + token])`), so that the
+/// token stays out of URLs and the access logs that record them.
+const PROTOCOL: &str = "parlor";
+const TOKEN_PROTOCOL: &str = "parlor.token.";
+
+/// The handshake's offered sub-protocols.
+fn protocols(req: &Request<Incoming>) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 fn ws_params(app: &App, req: &Request<Incoming>, query: &Query) -> Result<Params, Error> {
-    let token = query.get("token").or_else(|| room_api::bearer(req));
+    let offered = protocols(req).find_map(|p| p.strip_prefix(TOKEN_PROTOCOL));
+    let token = query
+        .get("token")
+        .or_else(|| room_api::bearer(req))
+        .or(offered);
     let identity = match app.access.identify(token, query.get("user"))? {
         Some(identity) => identity,
         None => Identity::guest(),

@@ -4,7 +4,8 @@
 //!
 //! A token is refused unless its header says `"alg":"HS256"` (so `none` and
 //! every other algorithm are out) and has no `crit`, its signature matches,
-//! its `exp` is not past and its `nbf`, if any, has come. `rooms` that is
+//! its `exp` is not past, its `nbf`, if any, has come, and its `iss` and
+//! `aud` are what the deployment expects, when it expects any. `rooms` that is
 //! `null` means no room, as `[]` does: an issuer whose empty list serialises
 //! as `null` must not grant every room.
 
@@ -35,6 +36,38 @@ pub struct Claims {
     /// A moderator may delete anyone's messages.
     #[serde(default, rename = "mod", skip_serializing_if = "std::ops::Not::not")]
     pub moderator: bool,
+    /// Who issued the token, checked against `--issuer` when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Whom the token is for, one name or several, checked against
+    /// `--audience` when it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+}
+
+/// The `aud` claim: one name or a list of them.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn names(&self, name: &str) -> bool {
+        match self {
+            Audience::One(one) => one == name,
+            Audience::Many(many) => many.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// What a deployment requires of a token beyond its signature and times:
+/// an `iss` and an audience in `aud`, when configured.
+#[derive(Clone, Debug, Default)]
+pub struct Expect {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
 }
 
 /// `"rooms": null` is no room at all, never every room.
@@ -62,7 +95,12 @@ pub fn sign(secret: &[u8], claims: &Claims) -> String {
 
 /// The claims of a token signed with `secret` and good at `now` (Unix
 /// seconds), or why it is not.
-pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, &'static str> {
+pub fn verify(
+    secret: &[u8],
+    token: &str,
+    now: u64,
+    expect: &Expect,
+) -> Result<Claims, &'static str> {
     let mut parts = token.split('.');
     let (Some(head), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -86,6 +124,14 @@ pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, &'static s
     }
     if claims.nbf.is_some_and(|nbf| nbf > now) {
         return Err("it is not good yet (nbf)");
+    }
+    if expect.issuer.is_some() && claims.iss != expect.issuer {
+        return Err("its iss is not the issuer this server accepts (--issuer)");
+    }
+    if let Some(audience) = &expect.audience {
+        if !claims.aud.as_ref().is_some_and(|aud| aud.names(audience)) {
+            return Err("its aud does not name this server's audience (--audience)");
+        }
     }
     Ok(claims)
 }
@@ -113,6 +159,8 @@ mod tests {
             nbf: None,
             rooms: Some(vec!["team-*".into()]),
             moderator: true,
+            iss: None,
+            aud: None,
         }
     }
 
@@ -130,14 +178,17 @@ mod tests {
     #[test]
     fn a_signed_token_verifies_to_its_claims() {
         let token = sign(b"secret", &claims());
-        assert_eq!(verify(b"secret", &token, NOW), Ok(claims()));
         assert_eq!(
-            verify(b"secret", &token, NOW + 60),
+            verify(b"secret", &token, NOW, &Expect::default()),
+            Ok(claims())
+        );
+        assert_eq!(
+            verify(b"secret", &token, NOW + 60, &Expect::default()),
             Ok(claims()),
             "good through its exp second"
         );
-        assert!(verify(b"secret", &token, NOW + 61).is_err());
-        assert!(verify(b"other", &token, NOW).is_err());
+        assert!(verify(b"secret", &token, NOW + 61, &Expect::default()).is_err());
+        assert!(verify(b"other", &token, NOW, &Expect::default()).is_err());
     }
 
     #[test]
@@ -164,10 +215,47 @@ mod tests {
             "a.b.c".into(),
         ];
         for token in refused {
-            assert!(verify(b"secret", &token, NOW).is_err(), "{token}");
+            assert!(
+                verify(b"secret", &token, NOW, &Expect::default()).is_err(),
+                "{token}"
+            );
         }
         let good = forged(r#"{"alg":"HS256","kid":"ignored"}"#, payload, b"secret");
-        assert!(verify(b"secret", &good, NOW).is_ok());
+        assert!(verify(b"secret", &good, NOW, &Expect::default()).is_ok());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_expected() {
+        let expect = Expect {
+            issuer: Some("https://id.example".into()),
+            audience: Some("parlor".into()),
+        };
+        let token = |payload: &str| forged(r#"{"alg":"HS256"}"#, payload, b"secret");
+        let good = token(
+            r#"{"sub":"a","exp":1800000060,"iss":"https://id.example","aud":["x","parlor"]}"#,
+        );
+        assert!(verify(b"secret", &good, NOW, &expect).is_ok());
+        let one =
+            token(r#"{"sub":"a","exp":1800000060,"iss":"https://id.example","aud":"parlor"}"#);
+        assert!(verify(b"secret", &one, NOW, &expect).is_ok());
+        for bad in [
+            r#"{"sub":"a","exp":1800000060,"aud":"parlor"}"#,
+            r#"{"sub":"a","exp":1800000060,"iss":"https://evil.example","aud":"parlor"}"#,
+            r#"{"sub":"a","exp":1800000060,"iss":"https://id.example"}"#,
+            r#"{"sub":"a","exp":1800000060,"iss":"https://id.example","aud":["other"]}"#,
+        ] {
+            assert!(
+                verify(b"secret", &token(bad), NOW, &expect).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(verify(
+            b"secret",
+            &token(r#"{"sub":"a","exp":1800000060}"#),
+            NOW,
+            &Expect::default()
+        )
+        .is_ok());
     }
 
     #[test]
@@ -177,12 +265,20 @@ mod tests {
             r#"{"sub":"a","exp":1800000060,"rooms":null}"#,
             b"s",
         );
-        assert_eq!(verify(b"s", &null, NOW).unwrap().rooms, Some(vec![]));
+        assert_eq!(
+            verify(b"s", &null, NOW, &Expect::default()).unwrap().rooms,
+            Some(vec![])
+        );
         let absent = forged(
             r#"{"alg":"HS256"}"#,
             r#"{"sub":"a","exp":1800000060}"#,
             b"s",
         );
-        assert_eq!(verify(b"s", &absent, NOW).unwrap().rooms, None);
+        assert_eq!(
+            verify(b"s", &absent, NOW, &Expect::default())
+                .unwrap()
+                .rooms,
+            None
+        );
     }
 }

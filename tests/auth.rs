@@ -383,6 +383,12 @@ async fn an_open_server_says_so() {
 /// The status of a WebSocket handshake whose other header lines (`Host`
 /// among them) are `lines`, bytes as they go on the wire.
 fn upgrade_status(addr: &str, lines: &[u8]) -> u16 {
+    let head = upgrade_head(addr, lines);
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// The response head of such a handshake.
+fn upgrade_head(addr: &str, lines: &[u8]) -> String {
     let mut request = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         .to_vec();
@@ -395,7 +401,7 @@ fn upgrade_status(addr: &str, lines: &[u8]) -> u16 {
     let mut buf = vec![0; 4096];
     let n = stream.read(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.split(' ').nth(1).unwrap().parse().unwrap()
+    text.split("\r\n\r\n").next().unwrap().to_owned()
 }
 
 /// A text/plain POST, as an HTML form can make one, with extra `lines`.
@@ -552,4 +558,53 @@ async fn a_secret_comes_from_a_file_and_a_weak_one_is_named_at_start() {
     let (code, stderr) = run(&["token", "--secret-file", path, "--sub", "bob"]);
     assert_eq!(code, Some(0), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A browser's WebSocket cannot send headers: it names the token as a
+/// sub-protocol, which keeps it out of URLs. And a deployment may ask for
+/// an issuer and an audience.
+#[async_std::test]
+async fn a_token_may_come_as_a_sub_protocol_and_issuer_and_audience_are_checked() {
+    let server = Server::start(&[
+        "--secret",
+        SECRET,
+        "--issuer",
+        "https://id.example",
+        "--audience",
+        "chat",
+    ]);
+    let a = &server.addr;
+    let good = token(&[
+        "--sub",
+        "alice",
+        "--issuer",
+        "https://id.example",
+        "--audience",
+        "chat",
+    ]);
+    let head = upgrade_head(
+        a,
+        format!("Host: {a}\r\nSec-WebSocket-Protocol: parlor, parlor.token.{good}\r\n").as_bytes(),
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: parlor\r\n"),
+        "the server names the protocol it chose: {head}"
+    );
+    assert_eq!(handshake(a, &format!("?token={good}"), "").status, 101);
+    let unnamed = token(&["--sub", "alice"]);
+    let wrong = token(&[
+        "--sub",
+        "alice",
+        "--issuer",
+        "https://evil.example",
+        "--audience",
+        "chat",
+    ]);
+    for bad in [unnamed, wrong] {
+        let refused = handshake(a, &format!("?token={bad}"), "");
+        assert_eq!(refused.status, 401, "{}", refused.body);
+        assert!(refused.body.contains("--issuer"), "{}", refused.body);
+    }
 }

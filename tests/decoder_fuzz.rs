@@ -1,10 +1,17 @@
-//! Property tests for the frame decoder and the field validators: arbitrary
-//! input never panics, and whatever is accepted follows PROTOCOL.md's rules.
-//! The case count is bounded so that `make test` stays quick; raise it with
-//! PROPTEST_CASES for a longer run.
+//! Property tests of everything that parses what a client sends: the frame
+//! decoder, the field validators, the query and path parsers, the token
+//! reader and the origin policy. Arbitrary input never panics, and whatever
+//! is accepted follows PROTOCOL.md's rules. The case count is bounded so
+//! that `make test` stays quick; `make fuzz` runs them for longer
+//! (`PROPTEST_CASES`); a failure proptest finds is saved in
+//! `tests/decoder_fuzz.proptest-regressions`, to be kept in the repository
+//! and run first by every later run.
 
 use parlor::fields::{Ref, Room, Text, User};
+use parlor::origin::{Act, Origins};
 use parlor::protocol::{decode, Limits, Request};
+use parlor::query::{path_segment, Query};
+use parlor::token::{self, Expect};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -151,5 +158,41 @@ proptest! {
             prop_assert_eq!(text.as_str(), raw.as_str());
             prop_assert!(text.as_str().len() <= 50);
         }
+    }
+
+    #[test]
+    fn queries_and_paths_parse_or_refuse_cleanly(raw in "[a-z=&%+0-9A-F.~-]{0,80}|.{0,80}") {
+        if let Ok(query) = Query::parse(Some(&raw)) {
+            for name in ["since", "before", "limit", "history"] {
+                let _ = query.integer(name);
+            }
+        }
+        let _ = path_segment(&raw);
+    }
+
+    #[test]
+    fn tokens_of_any_shape_are_refused_unless_signed(
+        head in ".{0,40}", body in ".{0,80}", sig in "[A-Za-z0-9_-]{0,60}",
+    ) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for raw in [format!("{head}.{body}.{sig}"), format!("{}.{}.{sig}", b64.encode(&head), b64.encode(&body))] {
+            prop_assert!(token::verify(b"secret", &raw, 1_800_000_000, &Expect::default()).is_err());
+        }
+    }
+
+    #[test]
+    fn origins_of_any_shape_are_judged_without_panic(origin in proptest::collection::vec(any::<u8>(), 0..60), site in ".{0,20}") {
+        let strict = Origins::new(&[], Some(&["https://good.example".to_owned()]), 8080).unwrap();
+        let open = Origins::new(&[], None, 8080).unwrap();
+        for act in [Act::Connect, Act::Change] {
+            let judged = strict.check(Some(&origin), Some(site.as_bytes()), act);
+            if judged.is_ok() {
+                let shown = String::from_utf8_lossy(&origin);
+                prop_assert!(shown.to_ascii_lowercase().starts_with("https://good.example") || shown.starts_with("http://"), "{shown}");
+            }
+            let _ = open.check(Some(&origin), Some(site.as_bytes()), act);
+        }
+        let _ = strict.check_host(std::str::from_utf8(&origin).ok());
     }
 }

@@ -250,3 +250,32 @@ async fn an_admin_address_takes_readiness_and_metrics_off_the_public_one() {
         201
     );
 }
+
+/// Reads of rooms nobody used leave nothing behind in Redis: a stranger's
+/// curiosity must not cost memory for ever.
+#[async_std::test]
+async fn reads_of_rooms_nobody_used_create_no_keys() {
+    let redis = common::Redis::start();
+    let server = common::on_redis(&redis, &[]);
+    let before = redis.cli(&["DBSIZE"]);
+    for i in 0..200 {
+        assert_eq!(
+            get(&server.addr, &format!("/rooms/ghost-{i}/messages")).status,
+            200
+        );
+        assert_eq!(
+            get(&server.addr, &format!("/rooms/ghost-{i}/read")).status,
+            200
+        );
+        assert_eq!(
+            get(&server.addr, &format!("/rooms/ghost-{i}/presence")).status,
+            200
+        );
+    }
+    assert_eq!(
+        redis.cli(&["DBSIZE"]),
+        before,
+        "{}",
+        redis.cli(&["KEYS", "*"])
+    );
+}

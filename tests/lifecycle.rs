@@ -405,3 +405,49 @@ async fn history_answers_never_read_cost_bounded_memory() {
     assert!(growth_mib < 32, "memory grew by {growth_mib} MiB");
     drop(ws);
 }
+
+/// Many hostile clients at once, each asking for pages it never reads and
+/// sending frames as large as allowed: the instance's memory stays under
+/// README's formula, `C × (2 × O + F)` over the idle process, with C the
+/// clients, O `--outbox-bytes` and F `--max-frame` (and 8 MiB for the
+/// allocator's slack).
+#[async_std::test]
+async fn many_hostile_clients_stay_under_the_memory_formula() {
+    const CLIENTS: u64 = 40;
+    const OUTBOX: u64 = 256 * 1024;
+    const FRAME: u64 = 64 * 1024;
+    let server = Server::start(&["--outbox-bytes", &OUTBOX.to_string()]);
+    fill(&server, "big", 300, &"\u{1}".repeat(4000));
+    let before = rss_kib(server.pid());
+    let mut sockets = Vec::new();
+    for i in 0..CLIENTS {
+        let (client, _) = Client::welcomed(&server.ws_url(&format!("?user=hostile-{i}"))).await;
+        let mut ws = client.into_inner();
+        let ask = json!({"type":"history","room":"big","limit":1000}).to_string();
+        for _ in 0..40 {
+            ws.send(async_tungstenite::tungstenite::Message::text(ask.clone()))
+                .await
+                .unwrap();
+        }
+        // A frame of the largest size, of a request that is refused.
+        let padding = "x".repeat(FRAME as usize - 200);
+        let huge = json!({"type":"history","room":"big","limit":1000,"pad":padding}).to_string();
+        let _ = ws
+            .send(async_tungstenite::tungstenite::Message::text(huge))
+            .await;
+        sockets.push(ws);
+    }
+    async_std::task::sleep(Duration::from_secs(2)).await;
+    let grown = rss_kib(server.pid()).saturating_sub(before) * 1024;
+    let formula = CLIENTS * (2 * OUTBOX + FRAME) + 8 * 1024 * 1024;
+    eprintln!(
+        "{CLIENTS} hostile clients: memory grew by {:.1} MiB; the formula allows {:.1} MiB",
+        grown as f64 / 1048576.0,
+        formula as f64 / 1048576.0
+    );
+    assert!(
+        grown <= formula,
+        "grew {grown} bytes, over the formula's {formula}"
+    );
+    drop(sockets);
+}

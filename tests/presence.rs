@@ -230,3 +230,62 @@ async fn join_and_leave_churn_costs_members_little_and_delays_nobody() {
         async_std::task::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Redis's own time per `presence.lua` call (INFO commandstats) while users
+/// join and leave `room`, each change waited for as `watcher` sees it.
+async fn presence_call_usec(server: &Server, redis: &Redis, room: &str) -> f64 {
+    let mut watcher = joined(server, "watcher", room).await;
+    until_member(&mut watcher, "watcher", "join").await;
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    for i in 0..30 {
+        let user = format!("visitor-{i}");
+        let mut visitor = joined(server, &user, room).await;
+        until_member(&mut watcher, &user, "join").await;
+        visitor.send(json!({"type":"leave","room":room})).await;
+        until_member(&mut watcher, &user, "leave").await;
+    }
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or_else(|| panic!("no EVALSHA in {stats}"));
+    line.split(',')
+        .find_map(|field| field.strip_prefix("usec_per_call="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A presence change costs Redis no more in a room of 20,000 users than in
+/// one of 20: both measured in the same run, the crowded room filled with
+/// the entries of another instance as `presence.lua` lays them out.
+#[async_std::test]
+async fn a_presence_change_costs_no_more_in_a_crowded_room() {
+    let redis = Redis::start();
+    let server = on_redis(&redis, &[]);
+    let fill = "for i = 1, tonumber(ARGV[1]) do \
+        redis.call('ZADD', KEYS[1], ARGV[2], 'resident-' .. i .. '\\n' .. 'elsewhere') \
+        redis.call('HSET', KEYS[2], 'resident-' .. i, 1) end";
+    let far = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    for (room, residents) in [("crowded", "20000"), ("small", "20")] {
+        let (set, counts) = (
+            format!("parlor:{{{room}}}:presence"),
+            format!("parlor:{{{room}}}:present"),
+        );
+        redis.cli(&["EVAL", fill, "2", &set, &counts, residents, &far]);
+    }
+    let crowded = presence_call_usec(&server, &redis, "crowded").await;
+    let small = presence_call_usec(&server, &redis, "small").await;
+    eprintln!(
+        "Redis per presence call: {crowded:.1} µs among 20,000 users, {small:.1} µs among 20"
+    );
+    assert!(
+        crowded < 5.0 * small,
+        "{crowded:.1} µs per call among 20,000 users against {small:.1} µs among 20"
+    );
+}

@@ -107,8 +107,10 @@ export class Parlor extends EventTarget {
     this.index = index % this.urls.length;
     const query = new URLSearchParams();
     if (this.user) query.set('user', this.user);
-    if (this.token) query.set('token', this.token);
-    const ws = new this.WebSocket(`${this.urls[this.index]}/ws?${query}`);
+    // The token rides in the handshake as a sub-protocol, not in the URL,
+    // so that no access log records it.
+    const protocols = this.token ? ['parlor', `parlor.token.${this.token}`] : [];
+    const ws = new this.WebSocket(`${this.urls[this.index]}/ws?${query}`, protocols);
     this.ws = ws;
     ws.onmessage = (event) => {
       let frame;

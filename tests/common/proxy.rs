@@ -1,14 +1,17 @@
-//! A TCP proxy that can go silent: what a partition, a dropped conntrack
-//! entry or a paused VM looks like to the two ends. While it is silenced,
-//! every byte on every connection, old or new, is swallowed and nothing is
-//! closed; once it speaks again, new connections work and the ones that
-//! were open stay dead, as connections through a lost path do.
+//! A TCP proxy that injects network faults: silence (what a partition, a
+//! dropped conntrack entry or a paused VM looks like to the two ends),
+//! resets and latency. While it is silenced, every byte on every
+//! connection, old or new, is swallowed and nothing is closed; once it
+//! speaks again, new connections work and the ones that were open stay
+//! dead, as connections through a lost path do. The tests and `make soak`
+//! (examples/soak.rs) share it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 pub struct Proxy {
     pub addr: String,
@@ -21,6 +24,10 @@ struct Shared {
     /// Connections opened before this generation are dead for good.
     generation: AtomicU64,
     stopped: AtomicBool,
+    /// Milliseconds each chunk waits before it is forwarded.
+    latency: AtomicU64,
+    /// Both ends of every connection, for resets.
+    open: Mutex<Vec<TcpStream>>,
 }
 
 impl Proxy {
@@ -32,6 +39,8 @@ impl Proxy {
             silent: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            latency: AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
         });
         let (target, accepting) = (target.to_owned(), shared.clone());
         thread::spawn(move || {
@@ -44,6 +53,11 @@ impl Proxy {
                     continue;
                 };
                 let born = accepting.generation.load(Ordering::Acquire);
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    let mut open = accepting.open.lock().unwrap();
+                    open.retain(|stream| stream.peer_addr().is_ok());
+                    open.extend([c, s]);
+                }
                 for (from, to) in [
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
@@ -66,6 +80,20 @@ impl Proxy {
     pub fn speak(&self) {
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
         self.shared.silent.store(false, Ordering::Release);
+    }
+
+    /// Resets every connection open now, as a middlebox that restarts does.
+    pub fn reset(&self) {
+        for stream in self.shared.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Delays every chunk by `latency` each way from now on.
+    pub fn delay(&self, latency: Duration) {
+        self.shared
+            .latency
+            .store(latency.as_millis() as u64, Ordering::Release);
     }
 
     /// `redis://` URL of the proxy.
@@ -94,6 +122,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, born: u64, shared: &Shared) {
             || shared.generation.load(Ordering::Acquire) != born;
         if dead {
             continue;
+        }
+        let latency = shared.latency.load(Ordering::Acquire);
+        if latency > 0 {
+            thread::sleep(Duration::from_millis(latency));
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
