@@ -2,8 +2,8 @@
 //! operations that WebSocket and HTTP have in common.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
@@ -21,6 +21,7 @@ use crate::origin::Origins;
 use crate::outbox::Outbox;
 use crate::presence::Presence;
 use crate::protocol::Limits;
+use crate::read_budget::ReadBudget;
 use crate::rooms::{Rooms, RoomsSetup};
 use crate::store::Store;
 
@@ -30,6 +31,8 @@ pub struct App {
     pub access: Access,
     /// Which pages may connect and change rooms.
     pub origins: Origins,
+    /// HTTP reads left to each client address.
+    pub reads: ReadBudget,
     pub limits: Limits,
     pub store: Store,
     pub rooms: Rooms,
@@ -64,6 +67,7 @@ impl App {
         App {
             access: Access::new(config.secret.as_deref(), config.expect()),
             origins: config.origins().expect("checked with the configuration"),
+            reads: ReadBudget::new(config.http_read_rate, config.trusted_proxies.clone()),
             limits: Limits {
                 max_text_bytes: config.max_text,
                 max_page: config.max_page,
@@ -77,6 +81,12 @@ impl App {
             shutdown: Flag::default(),
             connections: Connections::default(),
         }
+    }
+
+    /// Counts an upgrade until its connection is served (`Upgrading`).
+    pub fn upgrading(self: &Arc<App>) -> Upgrading {
+        self.connections.upgrading.fetch_add(1, Ordering::AcqRel);
+        Upgrading(self.clone())
     }
 
     /// Starts the drain (SIGTERM, SIGINT): no new connections, and every
@@ -137,6 +147,20 @@ pub struct Connections {
     outboxes: Mutex<Outboxes>,
     /// Notified whenever a connection goes away.
     gone: Event,
+    /// Upgrades answered whose connection is not added yet: counted, so
+    /// that neither the limit nor a drain misses them.
+    upgrading: AtomicUsize,
+}
+
+/// An upgrade answered but not yet served; counted among the connections
+/// until dropped.
+pub struct Upgrading(Arc<App>);
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        self.0.connections.upgrading.fetch_sub(1, Ordering::AcqRel);
+        self.0.connections.gone.notify(usize::MAX);
+    }
 }
 
 #[derive(Default)]
@@ -172,8 +196,9 @@ impl Connections {
         }
     }
 
+    /// Connections served, and upgrades on their way to being served.
     pub fn len(&self) -> usize {
-        lock(&self.outboxes).by_id.len()
+        lock(&self.outboxes).by_id.len() + self.upgrading.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -31,10 +31,21 @@ impl TokenBucket {
         self.take_at(Instant::now())
     }
 
-    fn take_at(&mut self, now: Instant) -> bool {
+    /// Whether the bucket has refilled to its burst: its holder has been
+    /// quiet long enough to be forgotten.
+    pub fn is_full(&mut self) -> bool {
+        self.refill(Instant::now());
+        self.tokens >= self.burst
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    fn take_at(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

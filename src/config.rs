@@ -206,6 +206,17 @@ pub struct Flags {
     #[argh(option)]
     pub allowed_origins: Option<String>,
 
+    /// HTTP reads of rooms (history, read markers, presence, event streams)
+    /// a client address may make per second, in bursts of four times that;
+    /// beyond, 429 [PARLOR_HTTP_READ_RATE, default 1000]
+    #[argh(option)]
+    pub http_read_rate: Option<u32>,
+
+    /// proxies whose X-Forwarded-For names the client, comma-separated
+    /// addresses [PARLOR_TRUSTED_PROXIES, default 127.0.0.1,::1]
+    #[argh(option)]
+    pub trusted_proxies: Option<String>,
+
     /// print parlor's version and exit
     #[argh(switch)]
     pub version: bool,
@@ -401,6 +412,8 @@ pub struct Config {
     pub secret: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    pub http_read_rate: u32,
+    pub trusted_proxies: Vec<IpAddr>,
     /// `--public-url`s, as given.
     pub public_urls: Vec<String>,
     /// `None`: not given.
@@ -528,6 +541,28 @@ impl Config {
             secret: Config::secret(flags.secret, flags.secret_file, &env)?,
             issuer: flags.issuer.or_else(|| env("PARLOR_ISSUER")),
             audience: flags.audience.or_else(|| env("PARLOR_AUDIENCE")),
+            http_read_rate: pick(flags.http_read_rate, &env, "PARLOR_HTTP_READ_RATE", 1000)?,
+            trusted_proxies: flags
+                .trusted_proxies
+                .or_else(|| env("PARLOR_TRUSTED_PROXIES"))
+                .map_or_else(
+                    || {
+                        Ok(vec![
+                            IpAddr::from([127, 0, 0, 1]),
+                            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                        ])
+                    },
+                    |list| {
+                        comma_list(&list)
+                            .iter()
+                            .map(|a| {
+                                a.parse().map_err(|_| {
+                                    format!("--trusted-proxies: `{a}` is not an IP address")
+                                })
+                            })
+                            .collect()
+                    },
+                )?,
             public_urls: flags
                 .public_url
                 .or_else(|| env("PARLOR_PUBLIC_URL"))
@@ -620,6 +655,7 @@ impl Config {
             ("--presence-ttl-ms", self.presence_ttl_ms as usize),
             ("--ping-interval-ms", self.ping_interval_ms as usize),
             ("--redis-probe-ms", self.redis_probe_ms as usize),
+            ("--http-read-rate", self.http_read_rate as usize),
         ];
         for (flag, value) in positive {
             if value == 0 {

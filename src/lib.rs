@@ -29,6 +29,7 @@ pub mod presence_queue;
 pub mod presence_store;
 pub mod protocol;
 pub mod query;
+pub mod read_budget;
 pub mod redis;
 pub mod redis_commands;
 pub mod redis_feed;

@@ -717,6 +717,9 @@ async fn read_link(
                 _ => continue,
             },
             Reply::Error(e) => LinkEvent::Refused(id, e),
+            // A connection subscribed to nothing is out of subscribed mode,
+            // and answers a PING the plain way.
+            Reply::Text(text) if text.eq_ignore_ascii_case(b"pong") => LinkEvent::Pong(id),
             _ => continue,
         };
         if links.send(event).await.is_err() {

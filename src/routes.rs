@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use smol_hyper::rt::FuturesIo;
 
-use crate::app::App;
+use crate::app::{App, Upgrading};
 use crate::auth::Identity;
 use crate::connection::{self, Params};
 use crate::error::{Error, ErrorCode};
@@ -52,6 +52,10 @@ pub enum Side {
     Admin,
 }
 
+/// The address a request's connection comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::IpAddr);
+
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, side: Side) -> Response<Body> {
     let routed = match side {
         Side::Admin => admin_route(&app, &req),
@@ -68,6 +72,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, side: Side) -> Respon
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(methods));
+            }
+            if error.code == ErrorCode::RateLimited {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             response
         }
@@ -176,6 +185,9 @@ async fn room_route(
         Method::POST | Method::PATCH | Method::PUT | Method::DELETE
     ) {
         page_may(app, &req, Act::Change)?;
+    }
+    if method == Method::GET {
+        read_budget(app, &req)?;
     }
     let response = match (rest, method) {
         (["messages"], Method::POST) => room_api::post_message(app, room, req).await,
@@ -313,6 +325,9 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
     };
     let accept = derive_accept_key(key.as_bytes());
     page_may(app, &req, Act::Connect)?;
+    if app.shutdown.is_set() {
+        return Err(draining());
+    }
     let params = ws_params(app, &req, &Query::parse(req.uri().query())?)?;
     if app.connections.len() >= app.config.max_connections {
         return Err(Error::new(
@@ -324,8 +339,9 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
         ));
     }
     let chose_parlor = protocols(&req).any(|p| p == PROTOCOL);
+    let counted = app.upgrading();
     let upgrading = hyper::upgrade::on(&mut req);
-    async_std::task::spawn(websocket(app.clone(), upgrading, params));
+    async_std::task::spawn(websocket(app.clone(), upgrading, params, counted));
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -389,7 +405,12 @@ fn handshake_key(req: &Request<Incoming>) -> Result<HeaderValue, Box<Response<Bo
 
 /// Once hyper hands the connection over: the WebSocket on the raw TCP
 /// stream, served by a connection task of its own.
-async fn websocket(app: Arc<App>, upgrading: hyper::upgrade::OnUpgrade, params: Params) {
+async fn websocket(
+    app: Arc<App>,
+    upgrading: hyper::upgrade::OnUpgrade,
+    params: Params,
+    counted: Upgrading,
+) {
     let upgraded = match upgrading.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -418,7 +439,40 @@ async fn websocket(app: Arc<App>, upgrading: hyper::upgrade::OnUpgrade, params: 
             .await;
     // A task of its own: this one's state (the upgrade) is freed now, not
     // carried for the connection's whole life.
-    async_std::task::spawn(connection::serve(app, ws, params));
+    let served = connection::serve(app, ws, params);
+    // Added to the connections by now: no longer an upgrade in flight.
+    drop(counted);
+    async_std::task::spawn(served);
+}
+
+/// The answer to a new WebSocket or event stream while the instance drains.
+pub fn draining() -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        "this instance is shutting down; connect to another, or retry",
+    )
+}
+
+/// Takes a read from the budget of the request's client (`read_budget.rs`),
+/// or refuses it with 429.
+fn read_budget(app: &App, req: &Request<Incoming>) -> Result<(), Error> {
+    let Some(Peer(peer)) = req.extensions().get::<Peer>().copied() else {
+        return Ok(());
+    };
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    if app.reads.take(app.reads.client(peer, forwarded)) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorCode::RateLimited,
+        format!(
+            "more than {} reads a second from your address (--http-read-rate); retry in a second",
+            app.config.http_read_rate
+        ),
+    ))
 }
 
 /// Refuses a request of a browser page that the origin policy does not

@@ -38,8 +38,6 @@ pub async fn run(app: Arc<App>, listener: TcpListener, admin: Option<TcpListener
         }
     };
     public.or(admin_side).or(app.shutdown.wait()).await;
-    drop(listener);
-    drop(admin);
     // Each connection sees the same signal: it finishes the request in hand,
     // so every send it read is answered, then closes with 1001.
     let open = app.connections.len();
@@ -51,7 +49,23 @@ pub async fn run(app: Arc<App>, listener: TcpListener, admin: Option<TcpListener
         app.connections.drained().await;
         served.drained().await;
     };
-    if async_std::future::timeout(drain, all_gone).await.is_err() {
+    // Accepting goes on meanwhile: a connection already queued to this
+    // instance is answered (503 for a new WebSocket or event stream, which
+    // a proxy retries elsewhere) rather than reset when the listener goes.
+    let still_accepting = async {
+        let public = accept(&app, &listener, Side::Public, &served);
+        let admin_side = async {
+            match &admin {
+                Some(admin) => accept(&app, admin, Side::Admin, &served).await,
+                None => std::future::pending().await,
+            }
+        };
+        public.or(admin_side).await
+    };
+    if async_std::future::timeout(drain, all_gone.or(still_accepting))
+        .await
+        .is_err()
+    {
         log::warn!(
             "{} connection(s) still open after the {}s drain; exiting anyway",
             app.connections
@@ -145,9 +159,14 @@ impl Drop for ServedGuard {
 
 async fn serve_http(app: Arc<App>, stream: TcpStream, side: Side) {
     let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     let service_app = app.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = service_app.clone();
+        req.extensions_mut().insert(routes::Peer(peer));
         async move { Ok::<_, Infallible>(routes::handle(app, req, side).await) }
     });
     // Without a timer, hyper would silently wait forever for request headers

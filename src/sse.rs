@@ -45,6 +45,9 @@ pub fn events(
     room: Room,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
+    if app.shutdown.is_set() {
+        return Err(crate::routes::draining());
+    }
     let query = Query::parse(req.uri().query())?;
     let token = query.get("token").or_else(|| room_api::bearer(req));
     let identity = match app.access.identify(token, query.get("user"))? {

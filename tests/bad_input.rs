@@ -533,3 +533,30 @@ async fn http_connections_beyond_the_limit_are_turned_away() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// HTTP reads are budgeted per client address: a burst of four times
+/// `--http-read-rate`, then 429 with Retry-After. Behind a trusted proxy
+/// (loopback by default) the client is the one `X-Forwarded-For` names.
+#[async_std::test]
+async fn http_reads_beyond_a_clients_budget_are_refused_with_429() {
+    let server = Server::start(&["--http-read-rate", "5"]);
+    let a = &server.addr;
+    let path = "/rooms/busy/messages";
+    let statuses: Vec<u16> = (0..30).map(|_| get(a, path).status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        20,
+        "{statuses:?}"
+    );
+    let refused = get(a, path);
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.error_code(), "rate_limited");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let forwarded = http_raw(
+        a,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(forwarded.status, 200, "another client behind the proxy");
+    let posted = post_json(a, path, &json!({"user":"u","text":"sends are not reads"}));
+    assert_eq!(posted.status, 201);
+}

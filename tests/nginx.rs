@@ -207,7 +207,11 @@ async fn read_through(addr: &str, room: &str, last: u64, per_connection: usize) 
                     break;
                 }
                 Ok(Some(Ok(_))) => continue,
-                other => panic!("reading through nginx: {other:?}"),
+                other => panic!(
+                    "reading through nginx: {other:?} after {:?} on {:?}",
+                    reading.ids.last(),
+                    reading.instances.last()
+                ),
             };
             match frame["type"].as_str() {
                 Some("joined") => {
