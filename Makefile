@@ -33,6 +33,7 @@ test: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory audit
 
 # Dependencies against the RustSec advisory database. Its host cannot be
 # reached from here, so the check reads a local snapshot (ADVISORY_DB) and
