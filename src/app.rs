@@ -10,7 +10,7 @@ use event_listener::Event;
 
 use crate::auth::Access;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::fields::Room;
 use crate::flag::Flag;
 use crate::lock::lock;
@@ -81,6 +81,28 @@ impl App {
             shutdown: Flag::default(),
             connections: Connections::default(),
         }
+    }
+
+    /// Whether this instance takes one more WebSocket or event stream: not
+    /// while it drains (a proxy retries the 503 elsewhere), nor beyond
+    /// `--max-connections`. The one rule for both.
+    pub fn room_for_one_more(&self) -> Result<(), Error> {
+        if self.shutdown.is_set() {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "this instance is shutting down; connect to another, or retry",
+            ));
+        }
+        if self.connections.len() >= self.config.max_connections {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this instance holds {} connections, its limit; connect to another instance or retry later",
+                    self.config.max_connections
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Counts an upgrade until its connection is served (`Upgrading`).

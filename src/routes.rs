@@ -325,19 +325,8 @@ fn upgrade(app: &Arc<App>, mut req: Request<Incoming>) -> Result<Response<Body>,
     };
     let accept = derive_accept_key(key.as_bytes());
     page_may(app, &req, Act::Connect)?;
-    if app.shutdown.is_set() {
-        return Err(draining());
-    }
     let params = ws_params(app, &req, &Query::parse(req.uri().query())?)?;
-    if app.connections.len() >= app.config.max_connections {
-        return Err(Error::new(
-            ErrorCode::Unavailable,
-            format!(
-                "this instance holds {} connections, its limit; connect to another instance or retry later",
-                app.config.max_connections
-            ),
-        ));
-    }
+    app.room_for_one_more()?;
     let chose_parlor = protocols(&req).any(|p| p == PROTOCOL);
     let counted = app.upgrading();
     let upgrading = hyper::upgrade::on(&mut req);
@@ -443,14 +432,6 @@ async fn websocket(
     // Added to the connections by now: no longer an upgrade in flight.
     drop(counted);
     async_std::task::spawn(served);
-}
-
-/// The answer to a new WebSocket or event stream while the instance drains.
-pub fn draining() -> Error {
-    Error::new(
-        ErrorCode::Unavailable,
-        "this instance is shutting down; connect to another, or retry",
-    )
 }
 
 /// Takes a read from the budget of the request's client (`read_budget.rs`),

@@ -30,14 +30,23 @@ const TURN_AWAY_PATIENCE: Duration = Duration::from_secs(1);
 /// connection to answer what it read and close with 1001.
 pub async fn run(app: Arc<App>, listener: TcpListener, admin: Option<TcpListener>) {
     let served = Arc::new(Served::default());
-    let public = accept(&app, &listener, Side::Public, &served);
-    let admin_side = async {
-        match &admin {
-            Some(admin) => accept(&app, admin, Side::Admin, &served).await,
-            None => std::future::pending().await,
-        }
+    // Accepting goes on through the drain too: a connection already queued
+    // to this instance is answered (503 for a new WebSocket or event
+    // stream, which a proxy retries elsewhere) rather than reset when the
+    // listener goes.
+    let accepting = async {
+        let admin_side = async {
+            match &admin {
+                Some(admin) => accept(&app, admin, Side::Admin, &served).await,
+                None => std::future::pending().await,
+            }
+        };
+        accept(&app, &listener, Side::Public, &served)
+            .or(admin_side)
+            .await
     };
-    public.or(admin_side).or(app.shutdown.wait()).await;
+    let mut accepting = std::pin::pin!(accepting);
+    accepting.as_mut().or(app.shutdown.wait()).await;
     // Each connection sees the same signal: it finishes the request in hand,
     // so every send it read is answered, then closes with 1001.
     let open = app.connections.len();
@@ -49,20 +58,7 @@ pub async fn run(app: Arc<App>, listener: TcpListener, admin: Option<TcpListener
         app.connections.drained().await;
         served.drained().await;
     };
-    // Accepting goes on meanwhile: a connection already queued to this
-    // instance is answered (503 for a new WebSocket or event stream, which
-    // a proxy retries elsewhere) rather than reset when the listener goes.
-    let still_accepting = async {
-        let public = accept(&app, &listener, Side::Public, &served);
-        let admin_side = async {
-            match &admin {
-                Some(admin) => accept(&app, admin, Side::Admin, &served).await,
-                None => std::future::pending().await,
-            }
-        };
-        public.or(admin_side).await
-    };
-    if async_std::future::timeout(drain, all_gone.or(still_accepting))
+    if async_std::future::timeout(drain, all_gone.or(accepting))
         .await
         .is_err()
     {

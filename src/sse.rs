@@ -45,9 +45,6 @@ pub fn events(
     room: Room,
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
-    if app.shutdown.is_set() {
-        return Err(crate::routes::draining());
-    }
     let query = Query::parse(req.uri().query())?;
     let token = query.get("token").or_else(|| room_api::bearer(req));
     let identity = match app.access.identify(token, query.get("user"))? {
@@ -70,15 +67,7 @@ pub fn events(
             "the message store is not connected; retry in a moment",
         ));
     }
-    if app.connections.len() >= app.config.max_connections {
-        return Err(Error::new(
-            ErrorCode::Unavailable,
-            format!(
-                "this instance holds {} connections, its limit; connect to another instance or retry later",
-                app.config.max_connections
-            ),
-        ));
-    }
+    app.room_for_one_more()?;
     let (outbox, _writer) = Outbox::new(
         app.config.outbox,
         app.config.outbox_bytes,

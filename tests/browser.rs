@@ -596,14 +596,8 @@ async fn a_moderator_deletes_what_others_wrote() {
 
 /// Posts a message over HTTP and returns its id.
 fn post(addr: &str, room: &str, text: &str) -> u64 {
-    let body = json!({"user":"bot","text":text}).to_string();
-    let response = http(
-        addr,
-        "POST",
-        &format!("/rooms/{room}/messages"),
-        Some("application/json"),
-        body.as_bytes(),
-    );
+    let body = json!({"user":"bot","text":text});
+    let response = common::post_json(addr, &format!("/rooms/{room}/messages"), &body);
     assert_eq!(response.status, 201, "{}", response.body);
     response.json()["id"].as_u64().unwrap()
 }

@@ -16,27 +16,10 @@ fn instance(redis: &Redis, extra: &[&str]) -> Server {
     on_redis(redis, &args)
 }
 
-/// Posts a message with a ref, retrying with the same ref while the store is
-/// unavailable, as a careful client does. Returns the id.
+/// Posts a message with a ref until it is acked (for up to a minute).
 async fn post_until_acked(addr: &str, room: &str, text: &str, reference: &str) -> u64 {
-    let body = json!({"user":"writer","text":text,"ref":reference}).to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let response = http(
-            addr,
-            "POST",
-            &format!("/rooms/{room}/messages"),
-            Some("application/json"),
-            body.as_bytes(),
-        );
-        match response.status {
-            201 => return response.json()["id"].as_u64().unwrap(),
-            503 => assert_eq!(response.error_code(), "unavailable"),
-            other => panic!("unexpected answer {other}: {}", response.body),
-        }
-        assert!(Instant::now() < deadline, "{text} was never acked");
-        async_std::task::sleep(Duration::from_millis(100)).await;
-    }
+    common::post_until_acked(addr, room, text, reference, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{text} was never acked"))
 }
 
 /// Waits until `/readyz` answers `status`.

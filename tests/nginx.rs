@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
 use common::event_stream::Stream;
-use common::{free_port, get, http, Client, Redis, Server, WAIT};
+use common::{free_port, get, Client, Redis, Server, WAIT};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -151,27 +151,8 @@ impl Deployment {
 /// Posts through nginx until it is stored: an instance that is draining or
 /// gone answers 502 or 503, and the same ref makes the retry safe.
 fn post_until_stored(addr: &str, room: &str, text: &str) -> u64 {
-    let body = json!({"user":"writer","text":text,"ref":text}).to_string();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let response = http(
-            addr,
-            "POST",
-            &format!("/rooms/{room}/messages"),
-            Some("application/json"),
-            body.as_bytes(),
-        );
-        if response.status == 201 {
-            return response.json()["id"].as_u64().unwrap();
-        }
-        assert!(
-            [502, 503, 504].contains(&response.status) && Instant::now() < deadline,
-            "{text}: {} {}",
-            response.status,
-            response.body
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::post_until_acked(addr, room, text, text, WAIT)
+        .unwrap_or_else(|| panic!("{text} was not stored within {WAIT:?}"))
 }
 
 /// What a reader through nginx saw: message ids in order, and the instance

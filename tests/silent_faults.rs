@@ -15,27 +15,9 @@ use serde_json::json;
 
 const TIMEOUT: &str = "500";
 
-/// Posts with a ref, retrying with the same ref while the instance answers
-/// `unavailable`, for up to `patience`. Returns the id, or None.
-async fn post_acked(addr: &str, room: &str, text: &str, patience: Duration) -> Option<u64> {
-    let body = json!({"user":"writer","text":text,"ref":text}).to_string();
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        let response = http(
-            addr,
-            "POST",
-            &format!("/rooms/{room}/messages"),
-            Some("application/json"),
-            body.as_bytes(),
-        );
-        match response.status {
-            201 => return response.json()["id"].as_u64(),
-            503 => assert_eq!(response.error_code(), "unavailable"),
-            other => panic!("unexpected answer {other}: {}", response.body),
-        }
-        async_std::task::sleep(Duration::from_millis(100)).await;
-    }
-    None
+/// Posts `text` (its own ref) until acked, for up to `patience`.
+fn post_acked(addr: &str, room: &str, text: &str, patience: Duration) -> Option<u64> {
+    common::post_until_acked(addr, room, text, text, patience)
 }
 
 async fn member(server: &Server, room: &str) -> Client {
@@ -60,24 +42,18 @@ async fn a_silent_feed_is_noticed_and_nothing_published_meanwhile_is_lost() {
     let mut on_b = member(&b, "hush").await;
     let patience = Duration::from_secs(10);
     for i in 1..=20 {
-        post_acked(&a.addr, "hush", &format!("m{i}"), patience)
-            .await
-            .unwrap();
+        post_acked(&a.addr, "hush", &format!("m{i}"), patience).unwrap();
     }
     proxy.silence();
     let silent_since = Instant::now();
     for i in 21..=60 {
-        post_acked(&a.addr, "hush", &format!("m{i}"), patience)
-            .await
-            .unwrap();
+        post_acked(&a.addr, "hush", &format!("m{i}"), patience).unwrap();
         async_std::task::sleep(Duration::from_millis(50)).await;
     }
     async_std::task::sleep(Duration::from_secs(3).saturating_sub(silent_since.elapsed())).await;
     proxy.speak();
     for i in 61..=80 {
-        post_acked(&a.addr, "hush", &format!("m{i}"), patience)
-            .await
-            .unwrap();
+        post_acked(&a.addr, "hush", &format!("m{i}"), patience).unwrap();
     }
     let got = messages(&mut on_b, "hush", 80).await;
     assert_eq!(ids(&got), (1..=80).collect::<Vec<_>>());
@@ -95,10 +71,7 @@ async fn a_silent_command_connection_is_replaced_and_sends_go_through_again() {
     let a = Server::start(&["--redis", &proxy.url(), "--redis-timeout-ms", TIMEOUT]);
     let mut on_a = member(&a, "calm").await;
     let patience = Duration::from_secs(10);
-    assert_eq!(
-        post_acked(&a.addr, "calm", "before", patience).await,
-        Some(1)
-    );
+    assert_eq!(post_acked(&a.addr, "calm", "before", patience), Some(1));
     proxy.silence();
     async_std::task::sleep(Duration::from_millis(1500)).await;
     let refused = http(
@@ -111,7 +84,7 @@ async fn a_silent_command_connection_is_replaced_and_sends_go_through_again() {
     assert_eq!(refused.status, 503, "{}", refused.body);
     proxy.speak();
     let spoke = Instant::now();
-    let id = post_acked(&a.addr, "calm", "after", patience).await;
+    let id = post_acked(&a.addr, "calm", "after", patience);
     assert!(
         id.is_some(),
         "no send went through in {patience:?} after the path came back"

@@ -428,6 +428,33 @@ pub fn post_json(addr: &str, path: &str, body: &Value) -> Response {
     )
 }
 
+/// Posts `text` with `reference` until it is acked, as a careful client
+/// does: `503 unavailable` (or a proxy's 502, 503 or 504) is retried with
+/// the same ref every 100 ms, for up to `patience`; any other answer fails
+/// the test. Returns the id, or None when no ack came in time.
+pub fn post_until_acked(
+    addr: &str,
+    room: &str,
+    text: &str,
+    reference: &str,
+    patience: Duration,
+) -> Option<u64> {
+    let body = json!({"user":"writer","text":text,"ref":reference});
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        let response = post_json(addr, &format!("/rooms/{room}/messages"), &body);
+        let from_parlor = response.header("content-type") == Some("application/json");
+        match response.status {
+            201 => return response.json()["id"].as_u64(),
+            503 if from_parlor => assert_eq!(response.error_code(), "unavailable"),
+            502..=504 if !from_parlor => {}
+            other => panic!("{text}: unexpected answer {other}: {}", response.body),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// The ids of a list of message frames.
 pub fn ids(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|m| m["id"].as_u64().unwrap()).collect()
