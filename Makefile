@@ -1,6 +1,6 @@
 # parlor. `make run` serves on PORT (default 8080) with the embedded store, or
 # on Redis with REDIS_URL; `make test` runs every test (it installs
-# redis-server, nginx, chromium and chromedriver first where they are missing).
+# redis-server, nginx, chromium, chromedriver and axe-core first where they are missing).
 #
 #   make run PORT=8082
 #   make redis                                   # a local Redis on REDIS_PORT (6379)
@@ -64,6 +64,7 @@ deps:
 	fi
 	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || \
 	  { echo "the tests of clients/js need Node.js 20 or later (node --version)"; exit 1; }
+	@test -f tests/axe/node_modules/axe-core/axe.min.js || npm ci --prefix tests/axe --no-audit --no-fund
 
 # A local Redis for the demo, with an append-only file in target/redis.
 redis:
