@@ -8,6 +8,12 @@
 import { Parlor } from '/parlor.js';
 
 const PAGE = 50;
+// At most this many messages are on the page at once; older and newer ones
+// come back as the user scrolls.
+const WINDOW = 150;
+// The server's limit on a message: bytes of UTF-8, not characters.
+const LIMIT = 4096;
+const bytes = (text) => new TextEncoder().encode(text).length;
 // Typing is sent at most this often while typing, and shown this long.
 const TYPING_EVERY_MS = 2500;
 const TYPING_SHOWN_MS = 4000;
@@ -43,7 +49,7 @@ function claims(token) {
 function view(name) {
   let v = state.views.get(name);
   if (!v) {
-    v = { divider: null, notice: '', typing: new Map() };
+    v = { divider: null, notice: '', typing: new Map(), unseen: 0 };
     state.views.set(name, v);
   }
   return v;
@@ -60,6 +66,7 @@ function start() {
   $('login').hidden = true;
   $('app').hidden = false;
   $('me').textContent = state.user;
+  $('retry-now').onclick = () => state.chat.retryNow();
   const chat = new Parlor({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`, user: state.user, token: TOKEN });
   state.chat = chat;
   chat.on('status', ({ status }) => setStatus(status));
@@ -108,8 +115,16 @@ function start() {
 function setStatus(status) {
   const el = $('status');
   const shown = status === 'connecting' ? (navigator.onLine ? 'reconnecting' : 'offline') : status;
+  if (el.dataset.state === shown) return;
   el.dataset.state = shown;
   el.textContent = shown;
+  // An outage says what will happen: messages wait and go once connected.
+  if (shown === 'connected') state.everConnected = true;
+  $('outage').hidden = shown === 'connected' || (!state.everConnected && shown !== 'offline');
+  $('outage-text').textContent = shown === 'offline'
+    ? 'You are offline. Messages you send wait here and go when the connection is back.'
+    : 'The connection to the server was lost; trying again by itself. Messages you send wait here and go once it is back.';
+  renderOutgoing();
 }
 
 /** A stored event arrived for `room`: draw what it changed. */
@@ -127,6 +142,7 @@ function changed(room, event, message) {
   }
   markRead(room);
   renderRooms();
+  renderJump();
 }
 
 // ---- drawing ------------------------------------------------------------
@@ -260,27 +276,84 @@ function nearBottom() {
 }
 
 function scrollToBottom() {
+  const room = state.current && state.chat.rooms.get(state.current);
+  // The window is not at the newest messages: draw it there first.
+  if (room && !live(room)) return render();
   const s = $('scroller');
   s.scrollTop = s.scrollHeight;
+  if (state.current) view(state.current).unseen = 0;
+  renderJump();
+}
+
+/** The ids of the first and last messages drawn. */
+function shownIds() {
+  const items = $('messages').querySelectorAll('li.message');
+  if (!items.length) return null;
+  return [+items[0].dataset.id, +items[items.length - 1].dataset.id];
+}
+
+/** Whether the newest message the room holds is drawn. */
+function live(room) {
+  const all = room.list();
+  const ids = shownIds();
+  return !ids || !all.length || ids[1] >= all[all.length - 1].id;
+}
+
+/** Keeps at most WINDOW messages drawn, removing from the top or the bottom. */
+function trim(fromTop) {
+  const items = [...$('messages').querySelectorAll('li.message')];
+  const extra = items.length - WINDOW;
+  if (extra <= 0) return;
+  const gone = fromTop ? items.slice(0, extra) : items.slice(items.length - extra);
+  for (const li of gone) li.remove();
 }
 
 function append(m) {
   const room = state.chat.rooms.get(state.current);
   const stick = nearBottom();
   const v = view(room.name);
+  if (m.user !== state.user && (!stick || document.hidden)) v.unseen++;
+  const ids = shownIds();
+  // Scrolled back past the window's end: it is drawn when scrolled to.
+  if (ids && ids[1] < m.id - 1 && room.list().some((o) => o.id > ids[1] && o.id < m.id)) return;
   if (!$('divider') && v.divider !== null && m.id > v.divider && m.user !== state.user && document.hidden) {
     $('messages').append(divider());
   }
   $('messages').append(messageItem(room, m));
-  if (stick || m.user === state.user) scrollToBottom();
+  if (stick || m.user === state.user) {
+    trim(true);
+    scrollToBottom();
+  }
 }
 
+/** Draws older messages above the window, keeping what is in view in place. */
 function prepend(room, messages) {
   const s = $('scroller');
-  const fromBottom = s.scrollHeight - s.scrollTop;
+  const fromTop = s.scrollHeight - s.scrollTop;
   const items = messages.sort((a, b) => a.id - b.id).map((m) => messageItem(room, m));
   $('messages').prepend(...items);
-  s.scrollTop = s.scrollHeight - fromBottom;
+  trim(false);
+  s.scrollTop = s.scrollHeight - fromTop;
+}
+
+/** Draws newer messages below the window (they left it while scrolled up). */
+function extend(room) {
+  const ids = shownIds();
+  if (!ids) return;
+  const newer = room.list().filter((m) => m.id > ids[1]).slice(0, PAGE);
+  $('messages').append(...newer.map((m) => messageItem(room, m)));
+  const s = $('scroller');
+  const before = s.scrollHeight - s.scrollTop;
+  trim(true);
+  s.scrollTop = s.scrollHeight - before;
+}
+
+/** The "N new" button, while there are messages below the view. */
+function renderJump() {
+  const n = state.current ? view(state.current).unseen : 0;
+  $('jump').hidden = n === 0;
+  $('jump').textContent = `${n} new ↓`;
+  $('jump').setAttribute('aria-label', `${n} new message${n === 1 ? '' : 's'}; go to the newest`);
 }
 
 function unread(room) {
@@ -295,12 +368,17 @@ function markRead(room) {
 
 function render() {
   const room = state.chat.rooms.get(state.current);
-  $('room-title').textContent = room ? `# ${room.name}` : '';
+  $('room-title').textContent = room ? `# ${room.name}` : 'No room open';
+  $('empty').hidden = !!room;
+  $('text').disabled = !room;
+  $('send').disabled = !room;
+  $('leave').hidden = !room;
   const list = $('messages');
   list.replaceChildren();
   if (room) {
     const v = view(room.name);
-    for (const m of room.list()) {
+    v.unseen = 0;
+    for (const m of room.list().slice(-WINDOW)) {
       if (v.divider !== null && m.id > v.divider && m.user !== state.user && !$('divider')) list.append(divider());
       list.append(messageItem(room, m));
     }
@@ -310,6 +388,7 @@ function render() {
   renderTyping();
   renderPresent();
   renderRooms();
+  renderJump();
   const line = $('divider');
   if (line) line.scrollIntoView({ block: 'center' }); else scrollToBottom();
   if (room) markRead(room);
@@ -320,24 +399,55 @@ function renderOutgoing() {
   const list = $('outgoing');
   list.replaceChildren();
   if (!room) return;
+  const focused = list.contains(document.activeElement);
+  list.replaceChildren();
+  if (!room) return;
+  let newlyFailed = null;
   for (const out of room.pending.filter((o) => o.frame.type === 'send')) {
     const li = messageItem(room, { id: 0, user: state.user, text: out.text, ts: out.ts, reactions: {} });
     li.querySelectorAll('.action, .reactions').forEach((e) => e.remove());
     li.classList.add(out.state);
     li.dataset.ref = out.ref;
     if (out.state === 'failed') {
-      const why = document.createElement('div');
-      why.className = 'failure';
-      why.setAttribute('role', 'alert');
-      why.textContent = `Not sent: ${out.error ? out.error.message : 'no connection'} `;
-      why.append(
-        button('Retry', 'retry', () => room.retry(out).catch(() => {})),
-        button('Discard', 'discard', () => room.discard(out)),
-      );
-      li.append(why);
+      li.append(failure(room, out));
+      if (!out.shown) newlyFailed = li;
+      out.shown = true;
+    } else if ($('status').dataset.state !== 'connected') {
+      const wait = document.createElement('div');
+      wait.className = 'waiting';
+      wait.textContent = 'Waiting: it goes when the connection is back.';
+      li.append(wait);
     }
     list.append(li);
   }
+  // A refusal takes the focus to its first way out, in view; a redraw
+  // keeps the focus in the outbox or gives it back to the box.
+  if (newlyFailed) {
+    newlyFailed.scrollIntoView({ block: 'nearest' });
+    newlyFailed.querySelector('.failure button').focus();
+  } else if (focused && !list.contains(document.activeElement)) {
+    $('text').focus();
+  }
+}
+
+/** Why a send was refused, and the ways out: Retry (where it may help), Edit, Discard. */
+function failure(room, out) {
+  const why = document.createElement('div');
+  why.className = 'failure';
+  why.setAttribute('role', 'alert');
+  why.textContent = `Not sent: ${out.error ? out.error.message : 'no connection'} `;
+  const hopeless = out.error && ['too_large', 'bad_request', 'invalid_name', 'forbidden'].includes(out.error.code);
+  if (!hopeless) why.append(button('Retry', 'retry', () => room.retry(out).catch(() => {})));
+  why.append(
+    button('Edit', 'edit-failed', () => {
+      room.discard(out);
+      $('text').value = out.text;
+      composed();
+      $('text').focus();
+    }, 'Edit: put the text back in the message box'),
+    button('Discard', 'discard', () => { room.discard(out); $('text').focus(); }),
+  );
+  return why;
 }
 
 function renderPresent() {
@@ -350,9 +460,11 @@ function renderTyping() {
   const now = Date.now();
   const typing = state.current ? view(state.current).typing : new Map();
   const names = [...typing].filter(([, until]) => until > now).map(([user]) => user);
-  $('typing').textContent = names.length === 0 ? ''
+  const text = names.length === 0 ? ''
     : names.length === 1 ? `${names[0]} is typing…`
     : `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]} are typing…`;
+  // Written only when it changes, so that a screen reader says it once.
+  if ($('typing').textContent !== text) $('typing').textContent = text;
   clearTimeout(state.typingTimer);
   if (names.length) state.typingTimer = setTimeout(renderTyping, 1000);
 }
@@ -371,26 +483,38 @@ function showNotice(text) {
 function renderRooms() {
   const list = $('rooms');
   list.replaceChildren();
+  let total = 0;
   for (const room of state.chat.rooms.values()) {
     const li = document.createElement('li');
     const b = document.createElement('button');
     b.type = 'button';
     const name = document.createElement('span');
-    name.textContent = `# ${room.name}`;
+    name.className = 'room-name';
+    const hash = document.createElement('span');
+    hash.setAttribute('aria-hidden', 'true');
+    hash.textContent = '# ';
+    name.append(hash, room.name);
     b.append(name);
     if (room.name === state.current) b.setAttribute('aria-current', 'page');
     b.onclick = () => select(room.name);
     const count = room.name === state.current && !document.hidden ? 0 : unread(room);
+    total += unread(room);
     if (count > 0) {
       const badge = document.createElement('span');
       badge.className = 'unread';
-      badge.textContent = count;
-      badge.setAttribute('aria-label', `${count} unread`);
+      const number = document.createElement('span');
+      number.setAttribute('aria-hidden', 'true');
+      number.textContent = count;
+      const said = document.createElement('span');
+      said.className = 'visually-hidden';
+      said.textContent = `, ${count} unread`;
+      badge.append(number, said);
       b.append(badge);
     }
     li.append(b);
     list.append(li);
   }
+  document.title = total > 0 ? `(${total}) parlor` : 'parlor';
 }
 
 function select(name) {
@@ -433,7 +557,10 @@ $('leave').onclick = () => {
   state.current = next || null;
   saveRooms();
   render();
+  (next ? $('text') : $('room-name')).focus();
 };
+
+$('jump').onclick = () => { scrollToBottom(); markRead(state.chat.rooms.get(state.current)); renderRooms(); };
 
 $('composer').onsubmit = (event) => {
   event.preventDefault();
@@ -441,13 +568,35 @@ $('composer').onsubmit = (event) => {
   const text = $('text').value;
   if (!room || !text.trim()) return;
   // Offline, it waits and goes when the connection is back; stored once.
+  if (bytes(text) > LIMIT) {
+    composed();
+    $('text').focus();
+    return;
+  }
   room.send(text).catch(() => {});
   $('text').value = '';
+  composed();
   renderOutgoing();
   scrollToBottom();
 };
 
+/** The box grows with its text, and counts bytes near the limit. */
+function composed() {
+  const t = $('text');
+  t.style.height = 'auto';
+  t.style.height = `${t.scrollHeight + 2}px`;
+  const n = bytes(t.value);
+  const count = $('count');
+  count.hidden = n < LIMIT * 0.8;
+  count.textContent = n > LIMIT
+    ? `${n - LIMIT} bytes too long (the limit is ${LIMIT} bytes)`
+    : `${LIMIT - n} bytes left`;
+  count.classList.toggle('over', n > LIMIT);
+  if (n > LIMIT) t.setAttribute('aria-invalid', 'true'); else t.removeAttribute('aria-invalid');
+}
+
 $('text').oninput = () => {
+  composed();
   const room = state.chat && state.chat.rooms.get(state.current);
   const now = Date.now();
   if (!room || !$('text').value.trim() || now - state.lastTyping < TYPING_EVERY_MS) return;
@@ -466,7 +615,16 @@ $('scroller').onscroll = () => {
   const room = state.chat.rooms.get(state.current);
   if (!room) return;
   markRead(room);
-  if (!room.hasOlder() || room.loadingOlder || $('scroller').scrollTop > 40) return;
+  if (nearBottom()) {
+    if (!live(room)) extend(room);
+    else if (view(room.name).unseen) { view(room.name).unseen = 0; renderJump(); }
+  }
+  if ($('scroller').scrollTop > 40) return;
+  // Older ones held but not drawn come first; then the server's.
+  const ids = shownIds();
+  const held = ids ? room.list().filter((m) => m.id < ids[0]) : [];
+  if (held.length) return prepend(room, held.slice(-PAGE));
+  if (!room.hasOlder() || room.loadingOlder) return;
   room.loadingOlder = true;
   $('loading').hidden = false;
   room.older(PAGE).finally(() => { room.loadingOlder = false; });
@@ -488,4 +646,7 @@ document.addEventListener('visibilitychange', () => {
 window.addEventListener('online', () => state.chat && state.chat.retryNow());
 window.addEventListener('offline', () => setStatus('offline'));
 
-if (state.user || TOKEN) start(); else $('login').hidden = false;
+if (state.user || TOKEN) start(); else {
+  $('login').hidden = false;
+  $('name').focus();
+}
