@@ -179,6 +179,74 @@ impl Page<'_> {
     }
 }
 
+impl Page<'_> {
+    /// A Chrome DevTools command, through chromedriver.
+    fn cdp(&self, cmd: &str, params: Value) {
+        self.driver.call(
+            "POST",
+            &format!("/session/{}/goog/cdp/execute", self.id),
+            Some(json!({"cmd": cmd, "params": params})),
+        );
+    }
+
+    /// A viewport of `width` by `height` CSS pixels, drawn at `scale` device
+    /// pixels each (a 1280-pixel window at 400% zoom is 320 CSS pixels wide).
+    fn viewport(&self, width: u32, height: u32, scale: u32) {
+        self.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": scale, "mobile": false}),
+        );
+    }
+
+    fn dark(&self, dark: bool) {
+        let value = if dark { "dark" } else { "light" };
+        self.cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": value}]}),
+        );
+    }
+
+    /// The page scrolls only up and down, never sideways.
+    fn assert_reflows(&self, state: &str) {
+        let sizes = self.eval("return [document.documentElement.scrollWidth, innerWidth];");
+        assert!(
+            sizes[0].as_u64() <= sizes[1].as_u64(),
+            "{state}: the page is wider than its window (scrollWidth, innerWidth): {sizes}"
+        );
+    }
+
+    /// axe-core's WCAG 2.1 A and AA rules find nothing on the page as it is.
+    fn assert_accessible(&self, state: &str) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/axe/node_modules/axe-core/axe.min.js"
+        );
+        let source = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!("axe-core is missing ({path}: {e}): run `make deps` (npm ci --prefix tests/axe)")
+        });
+        if self.eval("return !!window.axe;") != json!(true) {
+            self.eval(&source);
+        }
+        let violations = self.eval(
+            "return axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']},
+                                       resultTypes: ['violations']})
+               .then(r => r.violations.map(v => `${v.id} (${v.impact}): ${v.help}\\n` +
+                 v.nodes.map(n => `    ${n.target.join(' ')}: ${n.failureSummary}`).join('\\n')));",
+        );
+        let violations = violations.as_array().expect("axe's results");
+        assert!(
+            violations.is_empty(),
+            "{state}: {} WCAG 2.1 A/AA violations:\n{}",
+            violations.len(),
+            violations
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
 impl Drop for Page<'_> {
     fn drop(&mut self) {
         let _ = http(
@@ -472,7 +540,7 @@ async fn edits_deletes_reactions_and_unread_counts_across_instances_and_a_restar
     two.say("still there?");
     one.wait_for(
         "two unread in side",
-        "[...document.querySelectorAll('#rooms button')].some(b => b.textContent === '# side2')",
+        "[...document.querySelectorAll('#rooms button')].some(b => b.textContent === '# side2, 2 unread')",
     );
 
     // Ana's page goes away while Ben edits and reacts; it comes back folded.
@@ -515,7 +583,7 @@ async fn edits_deletes_reactions_and_unread_counts_across_instances_and_a_restar
     // her other page on the other instance.
     other.wait_for(
         "side unread",
-        "[...document.querySelectorAll('#rooms button')].some(b => b.textContent === '# side2')",
+        "[...document.querySelectorAll('#rooms button')].some(b => b.textContent === '# side2, 2 unread')",
     );
     one.eval("[...document.querySelectorAll('#rooms button')].find(b => b.textContent.startsWith('# side')).click();");
     one.wait_for(
@@ -671,4 +739,226 @@ async fn an_event_source_resumes_without_loss_across_an_instance_restart() {
         page.eval("return window.opened;").as_u64().unwrap() >= 2,
         "it reconnected"
     );
+}
+
+/// Where a run's screenshots go (docs/screenshots has a copy).
+fn shots() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser")
+}
+
+fn join(page: &Page, room: &str) {
+    page.eval(&format!(
+        "document.getElementById('room-name').value = {}; document.getElementById('add-room').requestSubmit();",
+        json!(room)
+    ));
+    page.wait_for(
+        "the room open",
+        &format!(
+            "document.getElementById('room-title').textContent === {}",
+            json!(format!("# {room}"))
+        ),
+    );
+}
+
+#[async_std::test]
+async fn the_page_passes_axe_in_its_main_states_light_dark_and_on_a_phone() {
+    let port = free_port();
+    let mut server = Server::start_on(port, &[]);
+    let driver = Driver::start();
+    let one = driver.page("axe-one");
+    let two = driver.page("axe-two");
+    one.open(&format!("http://{}/", server.addr));
+    one.wait_for("the name screen", "document.getElementById('name')");
+    one.wait_for(
+        "the name field focused",
+        "document.activeElement === document.getElementById('name')",
+    );
+    one.assert_accessible("the name screen");
+    // A long name and long room names, which the page allows.
+    let long_name = "a".repeat(64);
+    let long_room = "r".repeat(64);
+    one.log_in(&long_name);
+    two.open(&format!("http://{}/", server.addr));
+    two.log_in("ben");
+    for room in ["side", "dev", "ops", "news", &long_room] {
+        join(&one, room);
+        join(&two, room);
+    }
+    one.eval("document.querySelector('#rooms li:first-child button').click();");
+    two.eval("document.querySelector('#rooms li:first-child button').click();");
+    one.say("hello, a message of mine");
+    two.say(&format!("hello {}", "x".repeat(80)));
+    one.wait_for_text("hello, a message of mine");
+    two.eval("const t = document.getElementById('text'); t.value = 'hel'; t.dispatchEvent(new Event('input'));");
+    one.wait_for(
+        "the typing notice",
+        "document.getElementById('typing').textContent === 'ben is typing…'",
+    );
+    // The presence request in the long-named room worked: no error shown.
+    assert_eq!(
+        one.eval("return document.getElementById('notice').hidden;"),
+        json!(true),
+        "{}",
+        one.eval("return document.getElementById('notice-text').textContent;")
+    );
+    for dark in [false, true] {
+        one.dark(dark);
+        one.viewport(900, 640, 1);
+        one.assert_accessible(&format!("several rooms, typing, dark {dark}"));
+        one.viewport(320, 640, 1);
+        one.assert_reflows("320 px wide");
+        one.assert_accessible(&format!("320 px wide, dark {dark}"));
+        let name = if dark { "phone-dark.png" } else { "phone.png" };
+        one.screenshot(&shots().join(name));
+    }
+    // 400% zoom of a 1280 by 720 window: 320 by 180 CSS pixels.
+    one.dark(false);
+    one.viewport(320, 180, 4);
+    one.assert_reflows("400% zoom");
+    let height = one.eval("return document.getElementById('scroller').clientHeight;");
+    assert!(height.as_u64().unwrap() >= 100, "the messages at 400% zoom: {height} px tall");
+    one.screenshot(&shots().join("zoom-400.png"));
+    one.viewport(900, 640, 1);
+
+    // An outage says what will happen, offers Retry now, and is accessible.
+    server.signal("TERM");
+    server.wait_exit(WAIT);
+    one.wait_for("the outage", "!document.getElementById('outage').hidden");
+    one.say("written while the server was down");
+    one.wait_for(
+        "the waiting message",
+        "document.querySelector('#outgoing li .waiting')?.textContent.includes('goes when the connection is back')",
+    );
+    one.assert_accessible("an outage");
+    let _server = Server::start_on(port, &[]);
+    one.eval("document.getElementById('retry-now').click();");
+    one.wait_for_text("written while the server was down");
+    one.wait_for("the outage to clear", "document.getElementById('outage').hidden");
+}
+
+#[async_std::test]
+async fn a_refused_send_offers_edit_and_discard_and_the_box_counts_bytes() {
+    let server = Server::start(&["--rate", "1", "--burst", "1"]);
+    let driver = Driver::start();
+    let page = driver.page("refused");
+    page.open(&format!("http://{}/", server.addr));
+    page.log_in("rita");
+    page.say("first");
+    page.say("second, too soon");
+    page.wait_for(
+        "the refusal",
+        "document.querySelector('#outgoing li.failed .failure')",
+    );
+    // The focus goes to the first way out, not to <body>.
+    page.wait_for(
+        "the focus on the refusal",
+        "document.activeElement.closest('#outgoing li.failed .failure') !== null",
+    );
+    let ways = page.eval(
+        "return [...document.querySelectorAll('#outgoing li.failed .failure button')].map(b => b.textContent);",
+    );
+    assert_eq!(ways, json!(["Retry", "Edit", "Discard"]));
+    page.assert_accessible("a refused send");
+    // Edit puts the text back in the box, with the focus.
+    page.eval("document.querySelector('#outgoing li.failed .edit-failed').click();");
+    assert_eq!(
+        page.eval("return [document.getElementById('text').value, document.activeElement.id, document.querySelectorAll('#outgoing li').length];"),
+        json!(["second, too soon", "text", 0])
+    );
+    // Discard drops it and gives the focus back to the box.
+    page.say("third, too soon");
+    page.wait_for("the refusal", "document.querySelector('#outgoing li.failed .discard')");
+    page.eval("document.querySelector('#outgoing li.failed .discard').click();");
+    assert_eq!(
+        page.eval("return [document.querySelectorAll('#outgoing li').length, document.activeElement.id];"),
+        json!([0, "text"])
+    );
+
+    // 2,100 × "é" is 4,200 bytes: the box says so and keeps it, nothing is sent.
+    let long = "é".repeat(2100);
+    page.eval(&format!(
+        "const t = document.getElementById('text'); t.value = {}; t.dispatchEvent(new Event('input'));",
+        json!(long)
+    ));
+    assert_eq!(
+        page.eval("return document.getElementById('count').textContent;"),
+        json!("104 bytes too long (the limit is 4096 bytes)")
+    );
+    page.eval("document.getElementById('composer').requestSubmit();");
+    assert_eq!(
+        page.eval("return [document.getElementById('text').value.length, document.querySelectorAll('#outgoing li').length, document.getElementById('text').getAttribute('aria-invalid')];"),
+        json!([2100, 0, "true"])
+    );
+    page.assert_accessible("a message over the limit");
+}
+
+#[async_std::test]
+async fn new_messages_below_the_view_show_in_the_title_and_a_button() {
+    let server = Server::start(&[]);
+    let driver = Driver::start();
+    let page = driver.page("activity");
+    page.open(&format!("http://{}/", server.addr));
+    page.log_in("una");
+    for i in 1..=40 {
+        post(&server.addr, "general", &format!("m {i}"));
+    }
+    page.wait_for_text("m 40");
+    assert_eq!(page.eval("return document.title;"), json!("parlor"));
+    page.eval("const s = document.getElementById('scroller'); s.scrollTop = 0; s.dispatchEvent(new Event('scroll'));");
+    for i in 41..=45 {
+        post(&server.addr, "general", &format!("m {i}"));
+    }
+    page.wait_for_text("m 45");
+    page.wait_for("the title", "document.title === '(5) parlor'");
+    assert_eq!(
+        page.eval("const j = document.getElementById('jump'); return [j.hidden, j.textContent];"),
+        json!([false, "5 new ↓"])
+    );
+    page.assert_accessible("new messages below the view");
+    page.eval("document.getElementById('jump').click();");
+    page.wait_for("the title back", "document.title === 'parlor'");
+    assert_eq!(
+        page.eval("const s = document.getElementById('scroller'); return [document.getElementById('jump').hidden, s.scrollHeight - s.scrollTop - s.clientHeight < 80];"),
+        json!([true, true])
+    );
+}
+
+/// How many messages the page draws at most (WINDOW in web/app.js).
+const WINDOW: u64 = 150;
+
+#[async_std::test]
+async fn the_page_draws_a_window_of_messages_and_scrolling_brings_the_rest() {
+    let server = Server::start(&[]);
+    let driver = Driver::start();
+    let page = driver.page("window");
+    page.open(&format!("http://{}/", server.addr));
+    page.log_in("vic");
+    for i in 1..=400 {
+        post(&server.addr, "general", &format!("m {i}"));
+    }
+    page.wait_for_text("m 400");
+    let drawn = || {
+        page.eval("return document.querySelectorAll('#messages li.message').length;")
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(drawn(), WINDOW, "after 400 messages");
+    // Scrolling up brings older ones back, from memory and then the server.
+    let up = "const s = document.getElementById('scroller'); s.scrollTop = 0; s.dispatchEvent(new Event('scroll'));";
+    let deadline = Instant::now() + WAIT;
+    while page.texts().first().map(String::as_str) != Some("m 1") {
+        assert!(Instant::now() < deadline, "m 1 never came back: {:?}", page.texts().first());
+        page.eval(up);
+        assert!(drawn() <= WINDOW, "while scrolling up: {}", drawn());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!page.texts().contains(&"m 400".to_owned()), "the newest left the window");
+    // And down again to the newest.
+    let down = "const s = document.getElementById('scroller'); s.scrollTop = s.scrollHeight; s.dispatchEvent(new Event('scroll'));";
+    while page.texts().last().map(String::as_str) != Some("m 400") {
+        assert!(Instant::now() < deadline, "m 400 never came back");
+        page.eval(down);
+        assert!(drawn() <= WINDOW, "while scrolling down: {}", drawn());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
