@@ -605,7 +605,8 @@ $('text').oninput = () => {
 };
 
 $('text').onkeydown = (event) => {
-  if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+  // An input method's Enter (composing, or key code 229) picks its text; it does not send.
+  if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
     event.preventDefault();
     $('composer').requestSubmit();
   }
