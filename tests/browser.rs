@@ -816,7 +816,11 @@ async fn the_page_passes_axe_in_its_main_states_light_dark_and_on_a_phone() {
     one.viewport(320, 180, 4);
     one.assert_reflows("400% zoom");
     let height = one.eval("return document.getElementById('scroller').clientHeight;");
-    assert!(height.as_u64().unwrap() >= 100, "the messages at 400% zoom: {height} px tall");
+    assert!(
+        height.as_u64().unwrap() >= 100,
+        "the messages at 400% zoom: {height} px tall"
+    );
+    one.eval("document.getElementById('text').scrollIntoView({block: 'end'});");
     one.screenshot(&shots().join("zoom-400.png"));
     one.viewport(900, 640, 1);
 
@@ -833,7 +837,10 @@ async fn the_page_passes_axe_in_its_main_states_light_dark_and_on_a_phone() {
     let _server = Server::start_on(port, &[]);
     one.eval("document.getElementById('retry-now').click();");
     one.wait_for_text("written while the server was down");
-    one.wait_for("the outage to clear", "document.getElementById('outage').hidden");
+    one.wait_for(
+        "the outage to clear",
+        "document.getElementById('outage').hidden",
+    );
 }
 
 #[async_std::test]
@@ -867,10 +874,15 @@ async fn a_refused_send_offers_edit_and_discard_and_the_box_counts_bytes() {
     );
     // Discard drops it and gives the focus back to the box.
     page.say("third, too soon");
-    page.wait_for("the refusal", "document.querySelector('#outgoing li.failed .discard')");
+    page.wait_for(
+        "the refusal",
+        "document.querySelector('#outgoing li.failed .discard')",
+    );
     page.eval("document.querySelector('#outgoing li.failed .discard').click();");
     assert_eq!(
-        page.eval("return [document.querySelectorAll('#outgoing li').length, document.activeElement.id];"),
+        page.eval(
+            "return [document.querySelectorAll('#outgoing li').length, document.activeElement.id];"
+        ),
         json!([0, "text"])
     );
 
@@ -947,12 +959,19 @@ async fn the_page_draws_a_window_of_messages_and_scrolling_brings_the_rest() {
     let up = "const s = document.getElementById('scroller'); s.scrollTop = 0; s.dispatchEvent(new Event('scroll'));";
     let deadline = Instant::now() + WAIT;
     while page.texts().first().map(String::as_str) != Some("m 1") {
-        assert!(Instant::now() < deadline, "m 1 never came back: {:?}", page.texts().first());
+        assert!(
+            Instant::now() < deadline,
+            "m 1 never came back: {:?}",
+            page.texts().first()
+        );
         page.eval(up);
         assert!(drawn() <= WINDOW, "while scrolling up: {}", drawn());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!page.texts().contains(&"m 400".to_owned()), "the newest left the window");
+    assert!(
+        !page.texts().contains(&"m 400".to_owned()),
+        "the newest left the window"
+    );
     // And down again to the newest.
     let down = "const s = document.getElementById('scroller'); s.scrollTop = s.scrollHeight; s.dispatchEvent(new Event('scroll'));";
     while page.texts().last().map(String::as_str) != Some("m 400") {
