@@ -760,6 +760,33 @@ fn join(page: &Page, room: &str) {
     );
 }
 
+/// axe in light and dark, at 900 and 320 px; reflow at 320 px and at 400%
+/// zoom; the pictures in docs/screenshots. Leaves the page at 900 px, light.
+fn check_themes_phone_and_zoom(page: &Page) {
+    for dark in [false, true] {
+        page.dark(dark);
+        page.viewport(900, 640, 1);
+        page.assert_accessible(&format!("several rooms, typing, dark {dark}"));
+        page.viewport(320, 640, 1);
+        page.assert_reflows("320 px wide");
+        page.assert_accessible(&format!("320 px wide, dark {dark}"));
+        let name = if dark { "phone-dark.png" } else { "phone.png" };
+        page.screenshot(&shots().join(name));
+    }
+    // 400% zoom of a 1280 by 720 window: 320 by 180 CSS pixels.
+    page.dark(false);
+    page.viewport(320, 180, 4);
+    page.assert_reflows("400% zoom");
+    let height = page.eval("return document.getElementById('scroller').clientHeight;");
+    assert!(
+        height.as_u64().unwrap() >= 100,
+        "the messages at 400% zoom: {height} px tall"
+    );
+    page.eval("document.getElementById('text').scrollIntoView({block: 'end'});");
+    page.screenshot(&shots().join("zoom-400.png"));
+    page.viewport(900, 640, 1);
+}
+
 #[async_std::test]
 async fn the_page_passes_axe_in_its_main_states_light_dark_and_on_a_phone() {
     let port = free_port();
@@ -801,28 +828,7 @@ async fn the_page_passes_axe_in_its_main_states_light_dark_and_on_a_phone() {
         "{}",
         one.eval("return document.getElementById('notice-text').textContent;")
     );
-    for dark in [false, true] {
-        one.dark(dark);
-        one.viewport(900, 640, 1);
-        one.assert_accessible(&format!("several rooms, typing, dark {dark}"));
-        one.viewport(320, 640, 1);
-        one.assert_reflows("320 px wide");
-        one.assert_accessible(&format!("320 px wide, dark {dark}"));
-        let name = if dark { "phone-dark.png" } else { "phone.png" };
-        one.screenshot(&shots().join(name));
-    }
-    // 400% zoom of a 1280 by 720 window: 320 by 180 CSS pixels.
-    one.dark(false);
-    one.viewport(320, 180, 4);
-    one.assert_reflows("400% zoom");
-    let height = one.eval("return document.getElementById('scroller').clientHeight;");
-    assert!(
-        height.as_u64().unwrap() >= 100,
-        "the messages at 400% zoom: {height} px tall"
-    );
-    one.eval("document.getElementById('text').scrollIntoView({block: 'end'});");
-    one.screenshot(&shots().join("zoom-400.png"));
-    one.viewport(900, 640, 1);
+    check_themes_phone_and_zoom(&one);
 
     // An outage says what will happen, offers Retry now, and is accessible.
     server.signal("TERM");
