@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use redis::aio::MultiplexedConnection;
 use redis::{Script, ScriptInvocation, Value};
 
 use crate::error::{Error, ErrorCode};
@@ -30,6 +29,7 @@ use crate::log::{
 };
 use crate::protocol;
 use crate::redis::{Failure, Redis};
+use crate::redis_writers::Writer;
 use crate::topology::slot_of;
 
 /// Pause between attempts of a send while Redis fails over.
@@ -200,13 +200,14 @@ impl RedisLog {
         };
         let writers = &self.redis.writers;
         let stored = async {
-            let mut conn = self.redis.attempt("connect", writers.to(&addr)).await?;
+            let mut writer = self.redis.attempt("connect", writers.to(&addr)).await?;
             let answers: Vec<Answer> = self
                 .redis
-                .attempt("append", invocation.invoke_async(&mut conn))
+                .attempt("append", invocation.invoke_async(&mut writer.conn))
                 .await?;
+            let ticket = writer.commits.wrote();
             if replicas > 0 {
-                self.replicate(room, &frames, &answers, replicas, &mut conn)
+                self.replicate(room, &frames, &answers, replicas, (&mut writer, ticket))
                     .await?;
             }
             Ok(answers)
@@ -230,7 +231,7 @@ impl RedisLog {
         frames: &[(String, String)],
         answers: &[Answer],
         replicas: usize,
-        conn: &mut MultiplexedConnection,
+        (writer, ticket): (&mut Writer, u64),
     ) -> Result<(), Failure> {
         let mut payloads = Vec::new();
         for ((prefix, suffix), (epoch, id, _, repeat, nonce, _)) in frames.iter().zip(answers) {
@@ -255,9 +256,13 @@ impl RedisLog {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas)
             .arg(self.redis.timeout.as_millis() as u64 / 2);
-        let reached: usize = self
-            .redis
-            .attempt("wait for replicas", wait.query_async(conn))
+        let mut conn = writer.conn.clone();
+        let reached: usize = writer
+            .commits
+            .replicas(ticket, replicas, || {
+                self.redis
+                    .attempt("wait for replicas", wait.query_async(&mut conn))
+            })
             .await?;
         if reached < replicas {
             self.redis.health.metrics.redis_error();
@@ -274,7 +279,7 @@ impl RedisLog {
             announce.arg(id).arg(payload);
         }
         self.redis
-            .attempt("publish", announce.invoke_async::<i64>(conn))
+            .attempt("publish", announce.invoke_async::<i64>(&mut writer.conn))
             .await?;
         Ok(())
     }

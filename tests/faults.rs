@@ -407,3 +407,46 @@ async fn sends_waiting_for_a_replica_hold_up_no_reads() {
     assert_eq!(statuses, [503; 4], "no replica acknowledged them");
     replica.signal("CONT");
 }
+
+/// How many `WAIT`s Redis has served, from `INFO commandstats`.
+fn waits_served(redis: &Redis) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
+        .map_or(0, |rest| {
+            rest.split(',').next().unwrap().parse().expect("a count")
+        })
+}
+
+/// Concurrent sends share a `WAIT` (group commit): twenty sends to twenty
+/// rooms, stored while the replica is paused, are all acked once it is back,
+/// after a few `WAIT`s, not one each queued behind the other.
+#[async_std::test]
+async fn concurrent_sends_share_one_wait_for_the_replica() {
+    let master = Redis::start();
+    let replica = master.replica();
+    let a = on_redis(&master, &["--redis-timeout-ms", "4000"]);
+    let (mut sender, _) = Client::welcomed(&a.ws_url("?user=sender")).await;
+    assert_eq!(sender.say("w", "replicated").await, 1);
+    let before = waits_served(&master);
+    replica.signal("STOP");
+    let sends: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = a.addr.clone();
+            std::thread::spawn(move || {
+                let path = format!("/rooms/group-{i}/messages?user=u{i}");
+                http(&addr, "POST", &path, Some("text/plain"), b"shared").status
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    replica.signal("CONT");
+    let statuses: Vec<u16> = sends.into_iter().map(|s| s.join().unwrap()).collect();
+    assert_eq!(
+        statuses, [201; 20],
+        "every send acked once the replica is back"
+    );
+    let waits = waits_served(&master) - before;
+    assert!(waits <= 4, "20 concurrent sends took {waits} WAITs");
+}
