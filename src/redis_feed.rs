@@ -1,6 +1,8 @@
 //! The live feed from Redis: sharded Pub/Sub, one connection per node that
-//! owns slots, each room subscribed with its own `SSUBSCRIBE` on the node
-//! that owns the room's slot.
+//! owns slots, each room subscribed on the node that owns the room's slot.
+//! Rooms placed together go out in one write per node, as one `SSUBSCRIBE`
+//! per batch of channels the node takes together (one slot on a cluster,
+//! any on a standalone Redis).
 //!
 //! The set of rooms this instance wants is the truth, kept here, not in a
 //! client library: after a connection drops, a node says `sunsubscribe`
@@ -151,6 +153,8 @@ struct Link {
     timeout: Duration,
     /// When the link was last probed with a `PING`.
     probed: Instant,
+    /// `SSUBSCRIBE` commands sent on it, which names each.
+    commands: u64,
 }
 
 impl Link {
@@ -161,7 +165,9 @@ impl Link {
 }
 
 enum Pending {
-    Subscribe(Room),
+    /// One channel of an `SSUBSCRIBE`, and which command it went in: a
+    /// refusal is one reply for the whole command.
+    Subscribe(Room, u64),
     Unsubscribe(Room),
     Ping,
 }
@@ -258,9 +264,7 @@ impl FeedTask {
         want.waiters.push(reply);
         if want.link.is_none() {
             let topology = self.topology();
-            if let Err(e) = self.place(&room, &topology).await {
-                self.unplaced(&room, &e);
-            }
+            self.place(&[room], &topology).await;
         }
     }
 
@@ -275,31 +279,92 @@ impl FeedTask {
         };
         link.pending.push_back(Pending::Unsubscribe(room.clone()));
         let id = link.id;
-        if send(link, &cmd).await.is_err() {
+        if send(link, &cmd.get_packed_command()).await.is_err() {
             self.close(id, "write failed").await;
         }
     }
 
-    /// Sends the room's `SSUBSCRIBE` to the node that owns its slot.
-    async fn place(&mut self, room: &Room, topology: &Topology) -> Result<(), String> {
-        let channel = self.setup.redis.keys.channel(room);
-        let owner = topology
-            .owner(slot_of(&channel))
-            .ok_or("no node owns the room's slot right now")?;
-        let addr = owner.addr.clone();
-        let link = self.connect(&addr).await?;
-        let mut cmd = redis::cmd("SSUBSCRIBE");
-        cmd.arg(&channel);
-        link.pending.push_back(Pending::Subscribe(room.clone()));
-        let id = link.id;
-        if let Err(e) = send(link, &cmd).await {
+    /// Subscribes rooms on the nodes that own their slots: one connection
+    /// and one write per node, one `SSUBSCRIBE` per batch of channels the
+    /// node takes together. Rooms that cannot be placed now are `unplaced`;
+    /// returns how many.
+    async fn place(&mut self, rooms: &[Room], topology: &Topology) -> usize {
+        let mut by_node: HashMap<String, Vec<Room>> = HashMap::new();
+        let mut failed = 0;
+        for room in rooms {
+            let slot = slot_of(&self.setup.redis.keys.channel(room));
+            match topology.owner(slot) {
+                Some(owner) => by_node
+                    .entry(owner.addr.clone())
+                    .or_default()
+                    .push(room.clone()),
+                None => {
+                    failed += 1;
+                    self.unplaced(room, "no node owns the room's slot right now");
+                }
+            }
+        }
+        for (addr, rooms) in by_node {
+            let placed = match self.connect(&addr).await {
+                Ok(link) => link.id,
+                Err(e) => {
+                    failed += rooms.len();
+                    rooms.iter().for_each(|room| self.unplaced(room, &e));
+                    continue;
+                }
+            };
+            if let Err(e) = self.subscribe_on(placed, &rooms, topology).await {
+                failed += rooms.len();
+                rooms.iter().for_each(|room| self.unplaced(room, &e));
+                continue;
+            }
+            for room in &rooms {
+                if let Some(want) = self.wanted.get_mut(room) {
+                    want.link = Some(placed);
+                }
+            }
+        }
+        failed
+    }
+
+    /// Sends `SSUBSCRIBE`s for `rooms` on one link, in one write: a link
+    /// that takes no bytes is closed.
+    async fn subscribe_on(
+        &mut self,
+        id: u64,
+        rooms: &[Room],
+        topology: &Topology,
+    ) -> Result<(), String> {
+        let keys = self.setup.redis.keys.clone();
+        let mut batches: HashMap<u16, redis::Cmd> = HashMap::new();
+        let mut order = Vec::new();
+        let link = self.link_mut(id).ok_or("the connection closed")?;
+        for room in rooms {
+            let channel = keys.channel(room);
+            let batch = topology.batch_of(slot_of(&channel));
+            batches.entry(batch).or_insert_with(|| {
+                order.push(batch);
+                redis::cmd("SSUBSCRIBE")
+            });
+            batches.get_mut(&batch).expect("just added").arg(&channel);
+        }
+        // Each channel is answered on its own, in the order of the batches.
+        let mut packed = Vec::new();
+        for batch in &order {
+            link.commands += 1;
+            for room in rooms {
+                if topology.batch_of(slot_of(&keys.channel(room))) == *batch {
+                    let pending = Pending::Subscribe(room.clone(), link.commands);
+                    link.pending.push_back(pending);
+                }
+            }
+            packed.extend(batches[batch].get_packed_command());
+        }
+        let sent = send(link, &packed).await;
+        if sent.is_err() {
             self.close(id, "write failed").await;
-            return Err(e);
         }
-        if let Some(want) = self.wanted.get_mut(room) {
-            want.link = Some(id);
-        }
-        Ok(())
+        sent
     }
 
     /// The room could not be placed now: whoever waits for it is answered
@@ -342,6 +407,7 @@ impl FeedTask {
                     waiting_since: None,
                     timeout: self.setup.redis.timeout,
                     probed: Instant::now(),
+                    commands: 0,
                 },
             );
         }
@@ -352,6 +418,37 @@ impl FeedTask {
         self.links.values_mut().find(|link| link.id == id)
     }
 
+    /// A node refused a request: a refused `SSUBSCRIBE` (one reply for all
+    /// its channels) leaves its rooms to be placed again.
+    fn refused(&mut self, id: u64, error: &str) {
+        let Some(link) = self.link_mut(id) else {
+            return;
+        };
+        let addr = link.addr.clone();
+        let refused = link.pending.pop_front();
+        let mut rooms = Vec::new();
+        if let Some(Pending::Subscribe(room, command)) = refused {
+            rooms.push(room);
+            while let Some(Pending::Subscribe(_, c)) = link.pending.front() {
+                if *c != command {
+                    break;
+                }
+                if let Some(Pending::Subscribe(room, _)) = link.pending.pop_front() {
+                    rooms.push(room);
+                }
+            }
+        } else {
+            log::warn!("Redis node {addr} refused a live feed request: {error}");
+        }
+        link.answered();
+        for room in rooms {
+            log::info!("Redis node {addr} refused room {room}'s subscription ({error}); reading the topology again");
+            if self.wanted.get(&room).is_some_and(|w| w.link == Some(id)) {
+                self.unplaced(&room, error);
+            }
+        }
+    }
+
     /// Returns false when the rooms' feed has gone (shutdown).
     async fn on_link(&mut self, event: LinkEvent) -> bool {
         match event {
@@ -359,7 +456,7 @@ impl FeedTask {
                 let Some(link) = self.link_mut(id) else {
                     return true;
                 };
-                if matches!(link.pending.front(), Some(Pending::Subscribe(r)) if *r == room) {
+                if matches!(link.pending.front(), Some(Pending::Subscribe(r, _)) if *r == room) {
                     link.pending.pop_front();
                 }
                 link.answered();
@@ -403,23 +500,7 @@ impl FeedTask {
                     self.unplaced(&room, "its slot moved");
                 }
             }
-            LinkEvent::Refused(id, error) => {
-                let Some(link) = self.link_mut(id) else {
-                    return true;
-                };
-                let addr = link.addr.clone();
-                let refused = link.pending.pop_front();
-                link.answered();
-                match refused {
-                    Some(Pending::Subscribe(room)) => {
-                        log::info!("Redis node {addr} refused room {room}'s subscription ({error}); reading the topology again");
-                        if self.wanted.get(&room).is_some_and(|w| w.link == Some(id)) {
-                            self.unplaced(&room, &error);
-                        }
-                    }
-                    _ => log::warn!("Redis node {addr} refused a live feed request: {error}"),
-                }
-            }
+            LinkEvent::Refused(id, error) => self.refused(id, &error),
             LinkEvent::Pong(id) => {
                 if let Some(link) = self.link_mut(id) {
                     if matches!(link.pending.front(), Some(Pending::Ping)) {
@@ -497,13 +578,7 @@ impl FeedTask {
             }
         }
         let topology = self.topology();
-        let mut failed = 0;
-        for room in &unplaced {
-            if let Err(e) = self.place(room, &topology).await {
-                failed += 1;
-                self.unplaced(room, &e);
-            }
-        }
+        let failed = self.place(&unplaced, &topology).await;
         if reassert {
             self.reassert(&topology).await;
         }
@@ -559,7 +634,10 @@ impl FeedTask {
             }
             link.probed = now;
             link.pending.push_back(Pending::Ping);
-            if send(link, &redis::cmd("PING")).await.is_err() {
+            if send(link, &redis::cmd("PING").get_packed_command())
+                .await
+                .is_err()
+            {
                 failed.push(link.id);
             }
         }
@@ -584,37 +662,27 @@ impl FeedTask {
             let subscribed = self.wanted.get(room).is_some_and(|w| w.subscribed);
             *on_link.entry(*id).or_default() += i64::from(subscribed);
         }
+        let mut again: HashMap<u64, Vec<Room>> = HashMap::new();
+        let mut moved = Vec::new();
         for (room, id) in placed {
             let channel = self.setup.redis.keys.channel(&room);
             let owner = topology.owner(slot_of(&channel)).map(|s| s.addr.clone());
             let Some(link) = self.link_mut(id) else {
                 continue;
             };
-            let moved = owner.as_deref() != Some(link.addr.as_str());
+            if owner.as_deref() != Some(link.addr.as_str()) {
+                moved.push((room, id));
+                continue;
+            }
             let settled = link.pending.iter().all(|p| matches!(p, Pending::Ping));
-            let agrees = settled && on_link.get(&id) == Some(&link.count);
-            if !moved && agrees {
-                continue;
-            }
-            let (verb, pending) = if moved {
-                ("SUNSUBSCRIBE", Pending::Unsubscribe(room.clone()))
-            } else {
-                ("SSUBSCRIBE", Pending::Subscribe(room.clone()))
-            };
-            let mut cmd = redis::cmd(verb);
-            cmd.arg(&channel);
-            link.pending.push_back(pending);
-            if send(link, &cmd).await.is_err() {
-                self.close(id, "write failed").await;
-                continue;
-            }
-            if moved {
-                self.unplaced(&room, "its slot moved");
-                if let Err(e) = self.place(&room, topology).await {
-                    self.unplaced(&room, &e);
-                }
+            if !settled || on_link.get(&id) != Some(&link.count) {
+                again.entry(id).or_default().push(room);
             }
         }
+        for (id, rooms) in again {
+            let _ = self.subscribe_on(id, &rooms, topology).await;
+        }
+        self.move_rooms(moved, topology).await;
         let idle: Vec<u64> = self
             .links
             .values()
@@ -625,6 +693,25 @@ impl FeedTask {
         for id in idle {
             self.close(id, "no rooms left on it").await;
         }
+    }
+
+    /// Rooms whose slot has another owner now: unsubscribed where they
+    /// were and placed where they are.
+    async fn move_rooms(&mut self, moved: Vec<(Room, u64)>, topology: &Topology) {
+        let mut rooms = Vec::new();
+        for (room, id) in moved {
+            let mut cmd = redis::cmd("SUNSUBSCRIBE");
+            cmd.arg(self.setup.redis.keys.channel(&room));
+            if let Some(link) = self.link_mut(id) {
+                link.pending.push_back(Pending::Unsubscribe(room.clone()));
+                if send(link, &cmd.get_packed_command()).await.is_err() {
+                    self.close(id, "write failed").await;
+                }
+            }
+            self.unplaced(&room, "its slot moved");
+            rooms.push(room);
+        }
+        self.place(&rooms, topology).await;
     }
 
     fn topology(&self) -> Arc<Topology> {
@@ -663,12 +750,12 @@ async fn open(addr: &str, setup: &FeedSetup) -> Result<TcpStream, String> {
 /// Writes a request on the link, within the time limit: a node that takes
 /// no bytes (its socket buffer full on a silent path) fails the write
 /// rather than holding the feed task.
-async fn send(link: &mut Link, cmd: &redis::Cmd) -> Result<(), String> {
+async fn send(link: &mut Link, packed: &[u8]) -> Result<(), String> {
     link.waiting_since.get_or_insert_with(Instant::now);
     let timeout = link.timeout;
     let write = async {
         link.stream
-            .write_all(&cmd.get_packed_command())
+            .write_all(packed)
             .await
             .map_err(|e| format!("cannot write to {}: {e}", link.addr))
     };

@@ -35,6 +35,9 @@ pub struct Shard {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     shards: Vec<Shard>,
+    /// A cluster refuses one `SSUBSCRIBE` across slots; a standalone
+    /// Redis takes any channels in one.
+    cluster: bool,
 }
 
 impl Topology {
@@ -46,6 +49,7 @@ impl Topology {
                 replicas,
                 ranges: vec![(0, SLOTS - 1)],
             }],
+            cluster: false,
         }
     }
 
@@ -115,7 +119,20 @@ impl Topology {
                 ranges,
             });
         }
-        Ok(Topology { shards })
+        Ok(Topology {
+            shards,
+            cluster: true,
+        })
+    }
+
+    /// Which channels may share one `SSUBSCRIBE`: those of one slot on a
+    /// cluster, any on a standalone Redis.
+    pub fn batch_of(&self, slot: u16) -> u16 {
+        if self.cluster {
+            slot
+        } else {
+            0
+        }
     }
 
     /// The master that owns `slot`, if one is up.

@@ -408,12 +408,13 @@ async fn sends_waiting_for_a_replica_hold_up_no_reads() {
     replica.signal("CONT");
 }
 
-/// How many `WAIT`s Redis has served, from `INFO commandstats`.
-fn waits_served(redis: &Redis) -> u64 {
+/// How many calls of `command` Redis has served, from `INFO commandstats`.
+fn served(redis: &Redis, command: &str) -> u64 {
     let stats = redis.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
     stats
         .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_wait:calls="))
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
         .map_or(0, |rest| {
             rest.split(',').next().unwrap().parse().expect("a count")
         })
@@ -429,7 +430,7 @@ async fn concurrent_sends_share_one_wait_for_the_replica() {
     let a = on_redis(&master, &["--redis-timeout-ms", "4000"]);
     let (mut sender, _) = Client::welcomed(&a.ws_url("?user=sender")).await;
     assert_eq!(sender.say("w", "replicated").await, 1);
-    let before = waits_served(&master);
+    let before = served(&master, "wait");
     replica.signal("STOP");
     let sends: Vec<_> = (0..20)
         .map(|i| {
@@ -447,6 +448,44 @@ async fn concurrent_sends_share_one_wait_for_the_replica() {
         statuses, [201; 20],
         "every send acked once the replica is back"
     );
-    let waits = waits_served(&master) - before;
+    let waits = served(&master, "wait") - before;
     assert!(waits <= 4, "20 concurrent sends took {waits} WAITs");
+}
+
+/// After the feed's connection is killed, its hundred rooms are subscribed
+/// again in one batch, not one `SSUBSCRIBE` each, and every room is heard
+/// again.
+#[async_std::test]
+async fn rooms_are_subscribed_again_in_one_batch() {
+    let redis = Redis::start();
+    let a = instance(&redis, &["--max-rooms", "100"]);
+    let (mut member, _) = Client::welcomed(&a.ws_url("?user=member")).await;
+    let rooms: Vec<String> = (0..100).map(|i| format!("batch-{i}")).collect();
+    for room in &rooms {
+        member
+            .join(json!({"type":"join","room":room,"history":0}))
+            .await;
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let channels = redis.cli(&["PUBSUB", "SHARDCHANNELS"]);
+        let subscribed = channels.lines().filter(|l| !l.is_empty()).count();
+        if served(&redis, "ssubscribe") > 0 && subscribed == rooms.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rooms not subscribed again");
+        async_std::task::sleep(Duration::from_millis(50)).await;
+    }
+    // Anything still to come would be counted too.
+    async_std::task::sleep(Duration::from_millis(500)).await;
+    let calls = served(&redis, "ssubscribe");
+    assert!(calls <= 3, "100 rooms took {calls} SSUBSCRIBEs");
+    let (mut sender, _) = Client::welcomed(&a.ws_url("?user=sender")).await;
+    for room in [&rooms[0], &rooms[99]] {
+        sender.say(room, "heard").await;
+        let got = messages(&mut member, room, 1).await;
+        assert_eq!(got[0]["text"], "heard", "{room}");
+    }
 }
