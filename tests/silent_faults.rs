@@ -3,14 +3,16 @@
 //! a paused VM), made with a proxy that swallows everything and leaves the
 //! connections that were open dead for good. The instance notices within
 //! seconds, opens fresh connections once the path is back, and every acked
-//! message reaches every member once, in order.
+//! message reaches every member once, in order. A slow path (tens of
+//! milliseconds each way) keeps order and gap-free joins, with no time
+//! limit firing.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::{http, messages, on_redis, Client, Redis, Server};
+use common::{follow, http, messages, metric, on_redis, spawn_publisher, Client, Redis, Server};
 use serde_json::json;
 
 const TIMEOUT: &str = "500";
@@ -99,5 +101,55 @@ async fn a_silent_command_connection_is_replaced_and_sends_go_through_again() {
     eprintln!(
         "a send went through {:.1} s after the path came back",
         spoke.elapsed().as_secs_f64()
+    );
+}
+
+/// A slow Redis, 25 ms each way, for instance b: its publisher's pipelined
+/// sends are stored in order, joins on b while it publishes miss nothing
+/// and repeat nothing, and no time limit fires (no Redis error, no
+/// connection taken for silent) at the default `--redis-timeout-ms`.
+#[async_std::test]
+async fn a_slow_redis_keeps_order_and_gap_free_joins_without_timeouts() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", redis.port));
+    proxy.delay(Duration::from_millis(25));
+    let b = Server::start(&[
+        "--redis",
+        &proxy.url(),
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+    ]);
+    const TOTAL: u64 = 600;
+    let started = Instant::now();
+    let publisher = spawn_publisher(b.ws_url("?user=publisher"), "slow", TOTAL, 10);
+    let mut joiners = Vec::new();
+    for n in 0..5u64 {
+        let url = b.ws_url(&format!("?user=j{n}"));
+        joiners.push(async_std::task::spawn(async move {
+            async_std::task::sleep(Duration::from_millis(n * 100)).await;
+            let since = n * 60;
+            let (got, _) = follow(&url, "slow", since, TOTAL).await;
+            assert!(
+                got == ((since + 1)..=TOTAL).collect::<Vec<_>>(),
+                "joiner {n}: {} ids, first {:?}",
+                got.len(),
+                got.first()
+            );
+        }));
+    }
+    publisher.await;
+    for j in joiners {
+        j.await;
+    }
+    eprintln!(
+        "{TOTAL} sends over a 50 ms round trip took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(metric(&b.addr, "parlor_redis_errors_total"), 0.0);
+    assert_eq!(
+        metric(&b.addr, "parlor_redis_silent_connections_total"),
+        0.0
     );
 }
