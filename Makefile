@@ -9,13 +9,14 @@
 #   make cluster                                 # a local Redis Cluster on ports 7000-7005
 #   make bench                                   # parlor against Socket.IO: docs/BENCHMARKS.md
 #   make soak                                    # the fault suite, 10 minutes
+#   make bench-storm                             # 1,000 clients reconnecting, 60 s
 
 CARGO ?= cargo
 REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence soak fuzz clean
+.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence bench-storm soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -126,6 +127,15 @@ soak:
 	@$(MAKE) --no-print-directory deps DEPS=redis-server=redis-server
 	$(CARGO) build --release --bins --examples
 	./target/release/examples/soak --seconds $(or $(SOAK_SECONDS),600)
+
+# A reconnect storm: 1,000 members over two instances, each dropping its
+# connection (no close frame) every 5-15 s and resuming on a random
+# instance while messages flow, for STORM_SECONDS (60), no other fault.
+bench-storm:
+	@$(MAKE) --no-print-directory deps DEPS=redis-server=redis-server
+	$(CARGO) build --release --bins --examples
+	./target/release/examples/soak --seconds $(or $(STORM_SECONDS),60) --instances 2 \
+	  --rooms 10 --members 50 --rate 100 --faults 0 --drops
 
 # Property tests of every parser of client input, for longer: FUZZ_CASES
 # runs of each property (default 200000), in release.

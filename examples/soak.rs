@@ -14,8 +14,15 @@
 //! faults by kind, messages acked, deliveries checked, lost, duplicated,
 //! reordered, longest pause per fault kind, and instance memory.
 //!
+//! With `--drops`, every member also drops its own connection every 5 to
+//! 15 s without a close frame and resumes on a random instance, and the
+//! report gives the time from reconnecting to `replayed` (p50, p99): the
+//! reconnect-storm scenario (`--faults 0` for that alone).
+//!
 //! ```text
 //! cargo build --release && cargo run --release --example soak -- --seconds 600
+//! cargo run --release --example soak -- --seconds 60 --instances 2 --rooms 10 \
+//!   --members 50 --rate 100 --faults 0 --drops
 //! ```
 
 #[path = "../tests/common/proxy.rs"]
@@ -57,6 +64,12 @@ struct Args {
     /// seconds between two faults, at most (at least a third of it) [default 12]
     #[argh(option, default = "12")]
     every: u64,
+    /// inject faults (1) or not (0) [default 1]
+    #[argh(option, default = "1")]
+    faults: u8,
+    /// members drop their connection (no close frame) every 5 to 15 s
+    #[argh(switch)]
+    drops: bool,
 }
 
 const FAULTS: [&str; 8] = [
@@ -100,6 +113,8 @@ struct World {
     ports: Vec<u16>,
     /// Bumped by a reconnect storm: members drop their connections.
     storm: AtomicU64,
+    /// Members drop their own connections every 5 to 15 s.
+    drops: bool,
 }
 
 impl World {
@@ -123,6 +138,7 @@ impl World {
             instances,
             ports,
             storm: AtomicU64::new(0),
+            drops: args.drops,
         };
         for port in &world.ports {
             wait_ready(*port);
@@ -354,6 +370,8 @@ struct Seen {
     /// When each delivery came.
     times: Vec<Instant>,
     reconnects: u64,
+    /// From connecting again to `replayed`, for each resume.
+    catch_ups: Vec<Duration>,
 }
 
 struct Member {
@@ -388,6 +406,9 @@ async fn follow(world: Arc<World>, room: String, first: usize, seen: Arc<Mutex<S
         } else {
             format!("?user=member&room={room}&since={last}&epoch={epoch}")
         };
+        let connecting = Instant::now();
+        let resuming = !epoch.is_empty();
+        let drop_at = connecting + Duration::from_millis(fastrand::u64(5000..15000));
         if let Ok(stream) = TcpStream::connect(&addr).await {
             if let Ok((mut ws, _)) =
                 async_tungstenite::client_async(format!("ws://{addr}/ws{query}"), stream).await
@@ -396,6 +417,9 @@ async fn follow(world: Arc<World>, room: String, first: usize, seen: Arc<Mutex<S
                     if world.storm.load(Ordering::Acquire) != storm {
                         let _ = ws.close(None).await;
                         break;
+                    }
+                    if world.drops && Instant::now() >= drop_at {
+                        break; // dropped with the socket: no close frame
                     }
                     let next =
                         async_std::future::timeout(Duration::from_millis(500), ws.next()).await;
@@ -407,12 +431,16 @@ async fn follow(world: Arc<World>, room: String, first: usize, seen: Arc<Mutex<S
                         Ok(Some(Ok(_))) => continue,
                         Ok(_) => break,
                     };
+                    if frame["type"] == "replayed" && resuming {
+                        lock(&seen).catch_ups.push(connecting.elapsed());
+                    }
                     record(&frame, &room, &mut epoch, &mut last, &seen);
                 }
             }
         }
         lock(&seen).reconnects += 1;
-        async_std::task::sleep(Duration::from_millis(fastrand::u64(50..500))).await;
+        let pause = if world.drops { 0..50 } else { 50..500 };
+        async_std::task::sleep(Duration::from_millis(fastrand::u64(pause))).await;
         addr = world.random_addr();
     }
 }
@@ -460,6 +488,10 @@ struct Fault {
 fn inject(world: &World, args: &Args) -> Vec<Fault> {
     let end = Instant::now() + Duration::from_secs(args.seconds);
     let mut faults = Vec::new();
+    if args.faults == 0 {
+        std::thread::sleep(Duration::from_secs(args.seconds));
+        return faults;
+    }
     while Instant::now() < end {
         let every = args.every.max(3);
         std::thread::sleep(Duration::from_secs(fastrand::u64(every / 3..=every)));
@@ -514,6 +546,8 @@ struct Report {
     reconnects: u64,
     /// Longest time a member went without a delivery, per fault kind.
     pauses: BTreeMap<usize, Duration>,
+    /// Every resume's time from connecting again to `replayed`, sorted.
+    catch_ups: Vec<Duration>,
 }
 
 impl Report {
@@ -542,6 +576,17 @@ impl Report {
             self.reordered,
             self.reconnects
         );
+        if !self.catch_ups.is_empty() {
+            let at = |q: f64| self.catch_ups[((self.catch_ups.len() - 1) as f64 * q) as usize];
+            println!();
+            println!(
+                "{} resumes, reconnect to replayed: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                self.catch_ups.len(),
+                at(0.5).as_secs_f64() * 1e3,
+                at(0.99).as_secs_f64() * 1e3,
+                at(1.0).as_secs_f64() * 1e3
+            );
+        }
         println!();
         println!("instance RSS after warm-up, KiB: {rss_start:?}; at the end: {rss_end:?} (restarted instances start again)");
     }
@@ -571,11 +616,13 @@ fn check(members: &[Member], acked: &[Acked], faults: &[Fault]) -> Report {
         members: members.len(),
         reconnects: 0,
         pauses: BTreeMap::new(),
+        catch_ups: Vec::new(),
     };
     for m in members {
         let seen = lock(&m.seen);
         report.reordered += seen.out_of_order;
         report.reconnects += seen.reconnects;
+        report.catch_ups.extend(&seen.catch_ups);
         let mut count: HashMap<&str, u64> = HashMap::new();
         for (_, _, text) in &seen.events {
             *count.entry(text.as_str()).or_default() += 1;
@@ -608,5 +655,6 @@ fn check(members: &[Member], acked: &[Acked], faults: &[Fault]) -> Report {
             *pause = (*pause).max(longest);
         }
     }
+    report.catch_ups.sort();
     report
 }

@@ -110,16 +110,17 @@ async fn run(mut config: Config) -> Result<(), String> {
     let mut signals = Signals::new([Signal::Term, Signal::Int])
         .map_err(|e| format!("cannot catch SIGTERM and SIGINT: {e}"))?;
     let address = SocketAddr::new(config.bind, config.port);
-    let listener = async_std::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot listen on {address}: {e}; is another process using the port? (--port, PORT)"))?;
+    let listener = parlor::server::listen(address).map_err(|e| {
+        format!(
+            "cannot listen on {address}: {e}; is another process using the port? (--port, PORT)"
+        )
+    })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     // --port 0 picked one: the page's own origin is on the real port.
     config.port = local.port();
     let admin = match config.admin_bind {
         Some(address) => Some(
-            async_std::net::TcpListener::bind(address)
-                .await
+            parlor::server::listen(address)
                 .map_err(|e| format!("cannot listen on {address} (--admin-bind): {e}"))?,
         ),
         None => None,

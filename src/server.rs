@@ -28,6 +28,22 @@ const TURN_AWAY_PATIENCE: Duration = Duration::from_secs(1);
 /// Serves `listener` (and the admin listener, when there is one) until
 /// `app.shutdown` is set, then waits (up to the drain time) for every
 /// connection to answer what it read and close with 1001.
+/// How many connections may wait to be accepted. The kernel's default of
+/// std's listeners, 128, drops the SYNs of a reconnect storm (a thousand
+/// clients back at once), and each dropped client waits a second for its
+/// retry; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+
+/// Listens on `address` with room for a reconnect storm's connections.
+pub fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(std::net::TcpListener::from(socket).into())
+}
+
 pub async fn run(app: Arc<App>, listener: TcpListener, admin: Option<TcpListener>) {
     let served = Arc::new(Served::default());
     // Accepting goes on through the drain too: a connection already queued
