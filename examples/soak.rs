@@ -10,9 +10,11 @@
 //! join again on a random instance with the last id and epoch they saw.
 //! Publishers post with a ref and retry it until acked. At the end the
 //! checker proves from what the clients saw that every acked message
-//! reached every member exactly once and in order, and prints a table:
-//! faults by kind, messages acked, deliveries checked, lost, duplicated,
-//! reordered, longest pause per fault kind, and instance memory.
+//! reached every member exactly once and in order, and that no room's
+//! (epoch, id) reached two members with different texts, and prints a
+//! table: faults by kind, messages acked, deliveries checked, lost,
+//! duplicated, reordered, ids with two meanings, longest pause per fault
+//! kind, and instance memory.
 //!
 //! With `--drops`, every member also drops its own connection every 5 to
 //! 15 s without a close frame and resumes on a random instance, and the
@@ -542,6 +544,8 @@ struct Report {
     lost: u64,
     duplicated: u64,
     reordered: u64,
+    /// (room, epoch, id)s that members saw with two different texts.
+    two_meanings: u64,
     members: usize,
     reconnects: u64,
     /// Longest time a member went without a delivery, per fault kind.
@@ -552,7 +556,11 @@ struct Report {
 
 impl Report {
     fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.reordered == 0 && self.acked > 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.reordered == 0
+            && self.two_meanings == 0
+            && self.acked > 0
     }
 
     fn print(&self, faults: &[Fault], rss_start: Vec<u64>, rss_end: Vec<u64>) {
@@ -564,16 +572,17 @@ impl Report {
             println!("| {name} | {count} | {pause:.1} |");
         }
         println!();
-        println!("| messages acked | members | deliveries checked | lost | duplicated | reordered | reconnects |");
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| messages acked | members | deliveries checked | lost | duplicated | reordered | ids with two meanings | reconnects |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             self.acked,
             self.members,
             self.checked,
             self.lost,
             self.duplicated,
             self.reordered,
+            self.two_meanings,
             self.reconnects
         );
         if !self.catch_ups.is_empty() {
@@ -613,6 +622,7 @@ fn check(members: &[Member], acked: &[Acked], faults: &[Fault]) -> Report {
         lost: 0,
         duplicated: 0,
         reordered: 0,
+        two_meanings: 0,
         members: members.len(),
         reconnects: 0,
         pauses: BTreeMap::new(),
@@ -655,6 +665,32 @@ fn check(members: &[Member], acked: &[Acked], faults: &[Fault]) -> Report {
             *pause = (*pause).max(longest);
         }
     }
+    report.two_meanings = two_meanings(members);
     report.catch_ups.sort();
     report
+}
+
+/// How many (room, epoch, id)s reached members with different texts.
+fn two_meanings(members: &[Member]) -> u64 {
+    let mut meaning: HashMap<(String, String, u64), String> = HashMap::new();
+    let mut conflicts = 0;
+    for m in members {
+        for (epoch, id, text) in &lock(&m.seen).events {
+            let key = (m.room.clone(), epoch.clone(), *id);
+            match meaning.get(&key) {
+                Some(known) if known != text => {
+                    conflicts += 1;
+                    eprintln!(
+                        "soak: {} id {id} (epoch {epoch}) is {known:?} and {text:?}",
+                        m.room
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    meaning.insert(key, text.clone());
+                }
+            }
+        }
+    }
+    conflicts
 }

@@ -5,7 +5,7 @@
 //! seconds, opens fresh connections once the path is back, and every acked
 //! message reaches every member once, in order. A slow path (tens of
 //! milliseconds each way) keeps order and gap-free joins, with no time
-//! limit firing.
+//! limit firing; connections reset at once lose nothing.
 
 mod common;
 
@@ -152,4 +152,26 @@ async fn a_slow_redis_keeps_order_and_gap_free_joins_without_timeouts() {
         metric(&b.addr, "parlor_redis_silent_connections_total"),
         0.0
     );
+}
+
+/// Every connection of instance b to Redis is reset at once (a middlebox
+/// restart): b connects again by itself and its member gets everything a
+/// published meanwhile once, in order.
+#[async_std::test]
+async fn connections_reset_at_once_lose_nothing() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", redis.port));
+    let a = on_redis(&redis, &["--redis-timeout-ms", TIMEOUT]);
+    let b = Server::start(&["--redis", &proxy.url(), "--redis-timeout-ms", TIMEOUT]);
+    let mut on_b = member(&b, "reset").await;
+    let patience = Duration::from_secs(10);
+    for i in 1..=40 {
+        post_acked(&a.addr, "reset", &format!("m{i}"), patience).unwrap();
+        if i % 10 == 0 {
+            proxy.reset();
+        }
+    }
+    let got = messages(&mut on_b, "reset", 40).await;
+    assert_eq!(ids(&got), (1..=40).collect::<Vec<_>>());
+    assert!(metric(&b.addr, "parlor_redis_feed_reconnects_total") >= 1.0);
 }
