@@ -16,7 +16,7 @@
 //! The connections speak RESP2 in subscribed mode, whose replies are flat
 //! arrays, so the little reader here is all the protocol they need.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,7 @@ enum LinkEvent {
     Refused(u64, String),
     Pong(u64),
     Closed(u64, String),
+    Opened(String, Result<TcpStream, String>),
 }
 
 enum Wake {
@@ -192,6 +193,7 @@ async fn run(setup: FeedSetup, commands: async_channel::Receiver<Command>) {
         setup,
         wanted: HashMap::new(),
         links: HashMap::new(),
+        opening: HashSet::new(),
         link_tx,
         next_link: 0,
         stale: true,
@@ -239,6 +241,8 @@ struct FeedTask {
     setup: FeedSetup,
     wanted: HashMap<Room, Want>,
     links: HashMap<String, Link>,
+    /// Addresses whose link is being opened.
+    opening: HashSet<String>,
     link_tx: async_channel::Sender<LinkEvent>,
     next_link: u64,
     /// The topology may be out of date: read it before placing rooms.
@@ -305,13 +309,9 @@ impl FeedTask {
             }
         }
         for (addr, rooms) in by_node {
-            let placed = match self.connect(&addr).await {
-                Ok(link) => link.id,
-                Err(e) => {
-                    failed += rooms.len();
-                    rooms.iter().for_each(|room| self.unplaced(room, &e));
-                    continue;
-                }
+            // Without a link yet, the rooms wait for it to open.
+            let Some(placed) = self.link_to(&addr) else {
+                continue;
             };
             if let Err(e) = self.subscribe_on(placed, &rooms, topology).await {
                 failed += rooms.len();
@@ -382,36 +382,74 @@ impl FeedTask {
         }
     }
 
-    /// The link to `addr`, opened if there is none.
-    async fn connect(&mut self, addr: &str) -> Result<&mut Link, String> {
-        if !self.links.contains_key(addr) {
-            let stream = bounded(self.setup.redis.timeout, open(addr, &self.setup)).await?;
-            self.next_link += 1;
-            let id = self.next_link;
-            async_std::task::spawn(read_link(
-                id,
-                stream.clone(),
-                self.setup.redis.keys.clone(),
-                self.link_tx.clone(),
-                self.setup.events.clone(),
-            ));
-            log::debug!("Redis live feed connected to {addr}");
-            self.links.insert(
-                addr.to_owned(),
-                Link {
-                    id,
-                    addr: addr.to_owned(),
-                    stream,
-                    pending: VecDeque::new(),
-                    count: 0,
-                    waiting_since: None,
-                    timeout: self.setup.redis.timeout,
-                    probed: Instant::now(),
-                    commands: 0,
-                },
-            );
+    /// The link to `addr` if it is open. Otherwise it is opened in a task
+    /// of its own, once per address, which answers with `LinkEvent::Opened`:
+    /// a node that drops packets holds up nothing else.
+    fn link_to(&mut self, addr: &str) -> Option<u64> {
+        if let Some(link) = self.links.get(addr) {
+            return Some(link.id);
         }
-        Ok(self.links.get_mut(addr).expect("inserted above"))
+        if self.opening.insert(addr.to_owned()) {
+            let (addr, redis, tx) = (
+                addr.to_owned(),
+                self.setup.redis.clone(),
+                self.link_tx.clone(),
+            );
+            async_std::task::spawn(async move {
+                let opened = bounded(redis.timeout, open(&addr, &redis)).await;
+                let _ = tx.send(LinkEvent::Opened(addr, opened)).await;
+            });
+        }
+        None
+    }
+
+    /// A link opened, or could not be: the rooms waiting for it are placed
+    /// on it, or answered and tried again later.
+    async fn opened(&mut self, addr: String, opened: Result<TcpStream, String>) {
+        self.opening.remove(&addr);
+        let topology = self.topology();
+        let waiting: Vec<Room> = self
+            .wanted
+            .iter()
+            .filter(|(_, w)| w.link.is_none())
+            .map(|(room, _)| room.clone())
+            .filter(|room| {
+                let slot = slot_of(&self.setup.redis.keys.channel(room));
+                topology.owner(slot).is_some_and(|owner| owner.addr == addr)
+            })
+            .collect();
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => {
+                waiting.iter().for_each(|room| self.unplaced(room, &e));
+                self.retry_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(RETRY_MAX);
+                return;
+            }
+        };
+        self.next_link += 1;
+        let id = self.next_link;
+        async_std::task::spawn(read_link(
+            id,
+            stream.clone(),
+            self.setup.redis.keys.clone(),
+            self.link_tx.clone(),
+            self.setup.events.clone(),
+        ));
+        log::debug!("Redis live feed connected to {addr}");
+        let link = Link {
+            id,
+            addr: addr.clone(),
+            stream,
+            pending: VecDeque::new(),
+            count: 0,
+            waiting_since: None,
+            timeout: self.setup.redis.timeout,
+            probed: Instant::now(),
+            commands: 0,
+        };
+        self.links.insert(addr, link);
+        self.place(&waiting, &topology).await;
     }
 
     fn link_mut(&mut self, id: u64) -> Option<&mut Link> {
@@ -510,6 +548,7 @@ impl FeedTask {
                 }
             }
             LinkEvent::Closed(id, why) => self.close(id, &why).await,
+            LinkEvent::Opened(addr, opened) => self.opened(addr, opened).await,
         }
         true
     }
@@ -720,14 +759,14 @@ impl FeedTask {
 }
 
 /// Opens a connection to `addr` and authenticates it as the URL says.
-async fn open(addr: &str, setup: &FeedSetup) -> Result<TcpStream, String> {
+async fn open(addr: &str, redis: &Redis) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    if let Some(password) = &setup.redis.password {
+    if let Some(password) = &redis.password {
         let mut auth = redis::cmd("AUTH");
-        if let Some(username) = &setup.redis.username {
+        if let Some(username) = &redis.username {
             auth.arg(username);
         }
         auth.arg(password);
