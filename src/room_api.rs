@@ -64,13 +64,13 @@ fn author(token: Option<Identity>, named: Option<&str>) -> Result<(User, bool), 
 }
 
 /// What a body of a post or an edit says.
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
-struct TextBody {
-    user: Option<String>,
-    text: String,
+pub struct TextBody {
+    pub user: Option<String>,
+    pub text: String,
     #[serde(rename = "ref")]
-    reference: Option<String>,
+    pub reference: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -87,23 +87,8 @@ async fn text_body(app: &App, req: Request<Incoming>) -> Result<TextBody, Error>
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    let declared_json = match content_type.as_deref() {
-        Some("application/json") => true,
-        None | Some("text/plain") | Some("application/x-www-form-urlencoded") => false,
-        Some(other) => {
-            return Err(Error::bad_request(format!(
-                "content type {other} is not taken: send application/json or text/plain"
-            )))
-        }
-    };
+        .and_then(|v| v.to_str().ok());
+    let declared_json = declares_json(content_type)?;
     let max_body = app.config.max_body;
     // The whole body within the time a head may take: a client sending a
     // byte a second holds a socket no longer than a slow head would.
@@ -127,17 +112,40 @@ async fn text_body(app: &App, req: Request<Incoming>) -> Result<TextBody, Error>
         }
         Err(e) => return Err(Error::bad_request(format!("could not read the body: {e}"))),
     };
-    let body = String::from_utf8(body.to_vec())
-        .map_err(|_| Error::bad_request("the body is not valid UTF-8"))?;
-    // As over WebSocket, a body that is not a JSON object is the text itself:
-    // this is what makes `curl -d 'hello' …?user=bot` work.
+    parse_text_body(declared_json, &body)
+}
+
+/// Whether a `Content-Type` says JSON (true) or text (false); other types
+/// are refused before the body is read.
+pub fn declares_json(content_type: Option<&str>) -> Result<bool, Error> {
+    let essence = content_type.map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match essence.as_deref() {
+        Some("application/json") => Ok(true),
+        None | Some("text/plain") | Some("application/x-www-form-urlencoded") => Ok(false),
+        Some(other) => Err(Error::bad_request(format!(
+            "content type {other} is not taken: send application/json or text/plain"
+        ))),
+    }
+}
+
+/// A body's fields. As over WebSocket, a body that is not a JSON object is
+/// the text itself: this is what makes `curl -d 'hello' …?user=bot` work.
+pub fn parse_text_body(declared_json: bool, body: &[u8]) -> Result<TextBody, Error> {
+    let body =
+        std::str::from_utf8(body).map_err(|_| Error::bad_request("the body is not valid UTF-8"))?;
     if declared_json || body.trim_start().starts_with('{') {
-        serde_json::from_str(&body)
+        serde_json::from_str(body)
             .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}")))
     } else {
         Ok(TextBody {
             user: None,
-            text: body,
+            text: body.to_owned(),
             reference: None,
         })
     }
