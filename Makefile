@@ -10,13 +10,15 @@
 #   make bench                                   # parlor against Socket.IO: docs/BENCHMARKS.md
 #   make soak                                    # the fault suite, 10 minutes
 #   make bench-storm                             # 1,000 clients reconnecting, 60 s
+#   make fuzz FUZZ_SECONDS=60                    # cargo-fuzz on each parser, 60 s each
+#   make fuzz-props                              # the parsers' property tests, 200,000 cases
 
 CARGO ?= cargo
 REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence bench-storm soak fuzz clean
+.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence bench-storm soak fuzz fuzz-cmin fuzz-props clean
 
 build:
 	$(CARGO) build --release
@@ -137,9 +139,35 @@ bench-storm:
 	./target/release/examples/soak --seconds $(or $(STORM_SECONDS),60) --instances 2 \
 	  --rooms 10 --members 50 --rate 100 --faults 0 --drops
 
-# Property tests of every parser of client input, for longer: FUZZ_CASES
-# runs of each property (default 200000), in release.
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer, on the nightly toolchain)
+# of the frame decoder, the query and path parsers, the HTTP body's fields
+# and the token reader: FUZZ_SECONDS (60) for each of FUZZ_TARGETS, from the
+# corpus kept in fuzz/corpus/<target>, which a run adds its new finds to;
+# `make fuzz-cmin` shrinks the corpora again. A crash stops the run non-zero
+# and leaves its input in fuzz/artifacts/<target>. cargo-fuzz is installed
+# first where it is missing.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= frame query body token
+FUZZ_CARGO ?= cargo +nightly
+
 fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_CARGO) fuzz run $$target fuzz/corpus/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
+fuzz-cmin:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+	  $(FUZZ_CARGO) fuzz cmin $$target fuzz/corpus/$$target || exit 1; \
+	done
+
+# The property tests of every parser of client input (tests/decoder_fuzz.rs,
+# a few cases in `make test`), for longer: FUZZ_CASES runs of each property
+# (default 200000), in release.
+fuzz-props:
 	PROPTEST_CASES=$(or $(FUZZ_CASES),200000) $(CARGO) test --release --test decoder_fuzz
 
 # Redis time per presence change in a room of 20,000 users.

@@ -2,8 +2,9 @@
 //! decoder, the field validators, the query and path parsers, the token
 //! reader and the origin policy. Arbitrary input never panics, and whatever
 //! is accepted follows PROTOCOL.md's rules. The case count is bounded so
-//! that `make test` stays quick; `make fuzz` runs them for longer
-//! (`PROPTEST_CASES`); a failure proptest finds is saved in
+//! that `make test` stays quick; `make fuzz-props` runs them for longer
+//! (`PROPTEST_CASES`), and `make fuzz` runs the coverage-guided targets of
+//! `fuzz/` on the same parsers; a failure proptest finds is saved in
 //! `tests/decoder_fuzz.proptest-regressions`, to be kept in the repository
 //! and run first by every later run.
 
