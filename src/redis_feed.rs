@@ -335,30 +335,32 @@ impl FeedTask {
         rooms: &[Room],
         topology: &Topology,
     ) -> Result<(), String> {
-        let keys = self.setup.redis.keys.clone();
-        let mut batches: HashMap<u16, redis::Cmd> = HashMap::new();
-        let mut order = Vec::new();
-        let link = self.link_mut(id).ok_or("the connection closed")?;
+        let keys = &self.setup.redis.keys;
+        // Batches in the order first met, each with its rooms in order.
+        let mut batches: Vec<Vec<(String, &Room)>> = Vec::new();
+        let mut index: HashMap<u16, usize> = HashMap::new();
         for room in rooms {
             let channel = keys.channel(room);
             let batch = topology.batch_of(slot_of(&channel));
-            batches.entry(batch).or_insert_with(|| {
-                order.push(batch);
-                redis::cmd("SSUBSCRIBE")
+            let at = *index.entry(batch).or_insert_with(|| {
+                batches.push(Vec::new());
+                batches.len() - 1
             });
-            batches.get_mut(&batch).expect("just added").arg(&channel);
+            batches[at].push((channel, room));
         }
-        // Each channel is answered on its own, in the order of the batches.
+        let link = self.links.values_mut().find(|link| link.id == id);
+        let link = link.ok_or("the connection closed")?;
+        // Each channel is answered on its own, in the order sent.
         let mut packed = Vec::new();
-        for batch in &order {
+        for members in batches {
             link.commands += 1;
-            for room in rooms {
-                if topology.batch_of(slot_of(&keys.channel(room))) == *batch {
-                    let pending = Pending::Subscribe(room.clone(), link.commands);
-                    link.pending.push_back(pending);
-                }
+            let mut cmd = redis::cmd("SSUBSCRIBE");
+            for (channel, room) in members {
+                cmd.arg(channel);
+                link.pending
+                    .push_back(Pending::Subscribe(room.clone(), link.commands));
             }
-            packed.extend(batches[batch].get_packed_command());
+            packed.extend(cmd.get_packed_command());
         }
         let sent = send(link, &packed).await;
         if sent.is_err() {

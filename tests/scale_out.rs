@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    follow, get, ids, live_members, messages, metric, on_redis, post_json, spawn_publisher, Client,
-    Redis, Server,
+    get, ids, live_members, messages, metric, on_redis, post_json, spawn_joiners, spawn_publisher,
+    Client, Redis, Server,
 };
 use serde_json::json;
 
@@ -129,21 +129,8 @@ async fn joins_on_one_instance_while_another_publishes_miss_nothing() {
     let b = instance(&redis, &["--outbox", "128", "--replay-cap", "5000"]);
     const TOTAL: u64 = 1200;
     let publisher = spawn_publisher(a.ws_url("?user=publisher"), "race", TOTAL, 10);
-    let mut joiners = Vec::new();
-    for n in 0..10u64 {
-        let url = b.ws_url(&format!("?user=j{n}"));
-        joiners.push(async_std::task::spawn(async move {
-            async_std::task::sleep(Duration::from_millis(n * 25)).await;
-            let since = n * 30;
-            let (got, _) = follow(&url, "race", since, TOTAL).await;
-            assert!(
-                got == ((since + 1)..=TOTAL).collect::<Vec<_>>(),
-                "joiner {n}: {} ids, first {:?}",
-                got.len(),
-                got.first()
-            );
-        }));
-    }
+    let url = |n| b.ws_url(&format!("?user=j{n}"));
+    let joiners = spawn_joiners(url, "race", 10, Duration::from_millis(25), 30, TOTAL);
     publisher.await;
     for j in joiners {
         j.await;

@@ -12,7 +12,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::{follow, http, messages, metric, on_redis, spawn_publisher, Client, Redis, Server};
+use common::{
+    http, messages, metric, on_redis, spawn_joiners, spawn_publisher, Client, Redis, Server,
+};
 use serde_json::json;
 
 const TIMEOUT: &str = "500";
@@ -124,21 +126,8 @@ async fn a_slow_redis_keeps_order_and_gap_free_joins_without_timeouts() {
     const TOTAL: u64 = 600;
     let started = Instant::now();
     let publisher = spawn_publisher(b.ws_url("?user=publisher"), "slow", TOTAL, 10);
-    let mut joiners = Vec::new();
-    for n in 0..5u64 {
-        let url = b.ws_url(&format!("?user=j{n}"));
-        joiners.push(async_std::task::spawn(async move {
-            async_std::task::sleep(Duration::from_millis(n * 100)).await;
-            let since = n * 60;
-            let (got, _) = follow(&url, "slow", since, TOTAL).await;
-            assert!(
-                got == ((since + 1)..=TOTAL).collect::<Vec<_>>(),
-                "joiner {n}: {} ids, first {:?}",
-                got.len(),
-                got.first()
-            );
-        }));
-    }
+    let url = |n| b.ws_url(&format!("?user=j{n}"));
+    let joiners = spawn_joiners(url, "slow", 5, Duration::from_millis(100), 60, TOTAL);
     publisher.await;
     for j in joiners {
         j.await;

@@ -912,6 +912,35 @@ pub fn spawn_publisher(
     })
 }
 
+/// Joiners of `room` while a publisher runs: joiner `n` connects to
+/// `url(n)` after `n` × `spacing` and joins from `n` × `step`; each must get
+/// exactly the ids after that up to `last`, none missed, none twice.
+pub fn spawn_joiners(
+    url: impl Fn(u64) -> String,
+    room: &str,
+    count: u64,
+    spacing: Duration,
+    step: u64,
+    last: u64,
+) -> Vec<async_std::task::JoinHandle<()>> {
+    (0..count)
+        .map(|n| {
+            let (url, room) = (url(n), room.to_owned());
+            async_std::task::spawn(async move {
+                async_std::task::sleep(spacing * n as u32).await;
+                let since = n * step;
+                let (got, _) = follow(&url, &room, since, last).await;
+                assert!(
+                    got == ((since + 1)..=last).collect::<Vec<_>>(),
+                    "joiner {n}: {} ids, first {:?}",
+                    got.len(),
+                    got.first()
+                );
+            })
+        })
+        .collect()
+}
+
 /// The value of a metric without labels, from `/metrics`.
 pub fn metric(addr: &str, name: &str) -> f64 {
     let body = get(addr, "/metrics").body;
