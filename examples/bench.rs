@@ -20,6 +20,9 @@
 //! cargo run --release --example bench -- --url ws://127.0.0.1:8081 --url ws://127.0.0.1:8082 \
 //!     fanout --rooms 10 --subscribers 10 --publishers 4 --seconds 5
 //! ```
+//! `--target parlor` also drives the floor (bench/floor.rs), which speaks
+//! the part of parlor's protocol that `fanout` uses.
+//!
 //! Parlor must run with a high `--rate` and `--burst`, since publishers send
 //! far faster than one person types; `--server-pid` adds CPU and memory
 //! figures read from /proc. Many connections need `ulimit -n` raised first.
