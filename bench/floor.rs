@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use argh::FromArgs;
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha1::{Digest, Sha1};
 
 /// The epoll token of the listening socket; connections have their index.
@@ -312,14 +312,17 @@ impl Floor {
         let accept = base64::engine::general_purpose::STANDARD
             .encode(Sha1::digest(format!("{key}{WEBSOCKET_GUID}")));
         self.accepted += 1;
-        let welcome = json!({"type": "welcome", "user": user, "instance": "floor",
-                             "connection": format!("c{}", self.accepted)});
+        let welcome = format!(
+            r#"{{"type":"welcome","user":{},"instance":"floor","connection":"c{}"}}"#,
+            quote(&user),
+            self.accepted
+        );
         let mut answer = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {accept}\r\n\r\n"
         )
         .into_bytes();
-        answer.extend(encode(TEXT, welcome.to_string().as_bytes()));
+        answer.extend(encode(TEXT, welcome.as_bytes()));
         let (epoll, conn) = (self.epoll, self.conn(token)?);
         conn.user = Some(user);
         conn.send(epoll, token, &answer)?;
@@ -333,18 +336,17 @@ impl Floor {
             Some("join") if !room.is_empty() => self.join(token, room),
             Some("send") if !room.is_empty() => {
                 let text = request["text"].as_str().unwrap_or_default();
-                self.publish(token, room, text, &request["ref"])
+                self.publish(token, room, text, request["ref"].as_str())
             }
             _ => self.reply(
                 token,
-                json!({"type": "error", "code": "bad_request",
-                       "message": "the floor takes join and send, each with a room"}),
+                r#"{"type":"error","code":"bad_request","message":"the floor takes join and send, each with a room"}"#,
             ),
         }
     }
 
-    fn reply(&mut self, token: usize, frame: Value) -> Step {
-        let frame = encode(TEXT, frame.to_string().as_bytes());
+    fn reply(&mut self, token: usize, text: &str) -> Step {
+        let frame = encode(TEXT, text.as_bytes());
         let epoll = self.epoll;
         self.conn(token)?.send(epoll, token, &frame)
     }
@@ -356,34 +358,36 @@ impl Floor {
             conn.rooms.push(room.to_owned());
             members.members.push(token);
         }
-        let head = members.head;
+        let (head, room) = (members.head, quote(room));
         self.reply(
             token,
-            json!({"type": "joined", "room": room, "epoch": "floor", "head": head, "read": 0}),
+            &format!(r#"{{"type":"joined","room":{room},"epoch":"floor","head":{head},"read":0}}"#),
         )?;
         self.reply(
             token,
-            json!({"type": "replayed", "room": room, "count": 0, "truncated": false}),
+            &format!(r#"{{"type":"replayed","room":{room},"count":0,"truncated":false}}"#),
         )
     }
 
     /// Numbers the message, acks it, and writes its one frame to every member.
-    fn publish(&mut self, token: usize, room: &str, text: &str, reference: &Value) -> Step {
-        let user = self.conn(token)?.user.clone().unwrap_or_default();
+    fn publish(&mut self, token: usize, room: &str, text: &str, reference: Option<&str>) -> Step {
+        let user = quote(self.conn(token)?.user.as_deref().unwrap_or_default());
         let state = self.rooms.entry(room.to_owned()).or_default();
         state.head += 1;
-        let id = state.head;
-        let mut ack = json!({"type": "ack", "room": room, "id": id});
-        if !reference.is_null() {
-            ack["ref"] = reference.clone();
-        }
-        self.reply(token, ack)?;
+        let (id, quoted) = (state.head, quote(room));
+        let reference = reference.map_or(String::new(), |r| format!(r#""ref":{},"#, quote(r)));
+        self.reply(
+            token,
+            &format!(r#"{{"type":"ack",{reference}"room":{quoted},"id":{id}}}"#),
+        )?;
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |t| t.as_millis() as u64);
-        let message = json!({"type": "message", "room": room, "id": id, "user": user,
-                             "text": text, "ts": ts});
-        let frame = encode(TEXT, message.to_string().as_bytes());
+        let message = format!(
+            r#"{{"type":"message","room":{quoted},"id":{id},"user":{user},"text":{},"ts":{ts}}}"#,
+            quote(text)
+        );
+        let frame = encode(TEXT, message.as_bytes());
         let mut behind = Vec::new();
         for &member in &self.rooms[room].members {
             if let Some(conn) = self.conns[member].as_mut() {
@@ -457,6 +461,11 @@ fn write_some(mut stream: &TcpStream, bytes: &[u8]) -> Step<usize> {
             Err(_) => return Err(Close),
         }
     }
+}
+
+/// `text` as a JSON string, quotes and escapes included.
+fn quote(text: &str) -> String {
+    Value::from(text).to_string()
 }
 
 /// A server frame (unmasked, final) of `opcode` with `payload`.
