@@ -18,7 +18,7 @@ REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence bench-storm soak fuzz fuzz-cmin fuzz-props clean
+.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence bench-hostile bench-storm soak fuzz fuzz-cmin fuzz-props clean
 
 build:
 	$(CARGO) build --release
@@ -170,6 +170,13 @@ fuzz-cmin:
 # (default 200000), in release.
 fuzz-props:
 	PROPTEST_CASES=$(or $(FUZZ_CASES),200000) $(CARGO) test --release --test decoder_fuzz
+
+# README's memory formula against HOSTILE_CLIENTS (19,000) clients that
+# never read, half asking for pages, half sending an unfinished largest
+# frame; fails when parlor's memory grows past the formula.
+bench-hostile:
+	$(CARGO) build --release --bins --examples
+	ulimit -n $$(ulimit -Hn) && ./target/release/examples/hostile --clients $(or $(HOSTILE_CLIENTS),19000)
 
 # Redis time per presence change in a room of 20,000 users.
 bench-presence:
