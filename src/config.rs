@@ -83,6 +83,11 @@ pub struct Flags {
     #[argh(option)]
     pub retention: Option<String>,
 
+    /// how long a send's `ref` is remembered, so that a retry within it is
+    /// stored once, such as 5m or 30s [PARLOR_REF_MEMORY, default 5m]
+    #[argh(option)]
+    pub ref_memory: Option<String>,
+
     /// this instance's name in `welcome` frames and logs: 1 to 64 of A-Z
     /// a-z 0-9 _ - . [PARLOR_INSTANCE, default: six random hex digits]
     #[argh(option)]
@@ -391,6 +396,8 @@ pub struct Config {
     pub history: usize,
     /// How long a room's keys live after its last event.
     pub retention: std::time::Duration,
+    /// How long a send's `ref` is remembered.
+    pub ref_memory: std::time::Duration,
     pub instance: String,
     pub max_text: usize,
     pub max_frame: usize,
@@ -471,6 +478,13 @@ impl Config {
                 "30d".to_owned(),
             )?)
             .map_err(|e| e.replace("--ttl", "--retention"))?,
+            ref_memory: crate::auth::parse_ttl(&pick(
+                flags.ref_memory,
+                &env,
+                "PARLOR_REF_MEMORY",
+                "5m".to_owned(),
+            )?)
+            .map_err(|e| e.replace("--ttl", "--ref-memory"))?,
             instance: pick(
                 flags.instance,
                 &env,
@@ -700,6 +714,9 @@ impl Config {
         }
         if self.retention.is_zero() {
             return Err("--retention must be at least 1s".into());
+        }
+        if self.ref_memory.is_zero() {
+            return Err("--ref-memory must be at least 1s".into());
         }
         Ok(())
     }

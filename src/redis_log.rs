@@ -25,10 +25,11 @@ use crate::feed::Signal;
 use crate::fields::{Room, User};
 use crate::log::{
     now_millis, Append, Change, End, Epoch, Event, Fold, Log, Marked, Outcome, Page, Read, Record,
-    Seen, StoreError, Stored, REF_MEMORY,
+    Seen, StoreError, Stored,
 };
 use crate::protocol;
 use crate::redis::{Failure, Redis};
+use crate::redis_keys::ref_field;
 use crate::redis_writers::Writer;
 use crate::topology::slot_of;
 
@@ -55,6 +56,8 @@ pub struct LogOptions {
     pub replicas: usize,
     /// How long a room's keys live after its last change.
     pub retention: Duration,
+    /// How long a ref is remembered (`--ref-memory`).
+    pub ref_memory: Duration,
 }
 
 pub struct RedisLog {
@@ -63,6 +66,7 @@ pub struct RedisLog {
     retry: Duration,
     replicas: usize,
     retention: Duration,
+    ref_memory: Duration,
     append: Script,
     read: Script,
     announce: Script,
@@ -93,6 +97,7 @@ impl RedisLog {
             retry,
             replicas: options.replicas,
             retention: options.retention,
+            ref_memory: options.ref_memory,
             append: Script::new(APPEND),
             read: Script::new(READ),
             announce: Script::new(ANNOUNCE),
@@ -100,7 +105,7 @@ impl RedisLog {
         }
     }
 
-    /// A script invocation with the room's four keys.
+    /// A script invocation with the room's six keys.
     fn invocation<'a>(&self, script: &'a Script, room: &Room) -> ScriptInvocation<'a> {
         let keys = &self.redis.keys;
         let mut invocation = script.prepare_invoke();
@@ -108,7 +113,9 @@ impl RedisLog {
             .key(keys.meta(room))
             .key(keys.stream(room))
             .key(keys.fold(room))
-            .key(keys.reads(room));
+            .key(keys.reads(room))
+            .key(keys.refs(room))
+            .key(keys.ref_order(room));
         invocation
     }
 
@@ -167,7 +174,7 @@ impl RedisLog {
         let mut invocation = self.invocation(&self.append, room);
         invocation
             .arg(self.history)
-            .arg(REF_MEMORY.as_secs())
+            .arg(self.ref_memory.as_millis() as u64)
             .arg(&channel)
             .arg(Epoch::random().as_str())
             .arg(if replicas == 0 { "now" } else { "later" })
@@ -176,20 +183,11 @@ impl RedisLog {
         // reads and the feed find out; an append could only add one.
         add_known(&mut invocation, known, false);
         let ts = now_millis();
-        let mut ref_index = 4;
         let mut frames = Vec::with_capacity(batch.len());
         for append in batch {
             let record = Record::of(&append.user, &append.change);
             let (prefix, suffix) = protocol::event_parts(room, &record, ts);
-            let reference = match &append.reference {
-                Some(reference) => {
-                    invocation.key(keys.reference(room, &append.user, reference));
-                    ref_index += 1;
-                    ref_index
-                }
-                None => 0,
-            };
-            add_event(&mut invocation, append, ts, &prefix, &suffix, reference);
+            add_event(&mut invocation, append, ts, &prefix, &suffix);
             frames.push((prefix, suffix));
         }
         let Some(addr) = topology.owner(slot).map(|shard| shard.addr.clone()) else {
@@ -437,7 +435,6 @@ fn add_event(
     ts: u64,
     prefix: &str,
     suffix: &str,
-    reference: usize,
 ) {
     let (kind, text, target, emoji) = match &append.change {
         Change::Message(text) => ("m", text.as_str(), 0, ""),
@@ -458,7 +455,14 @@ fn add_event(
         .arg(crate::log::nonce())
         .arg(prefix)
         .arg(suffix)
-        .arg(reference);
+        .arg(
+            append
+                .reference
+                .as_ref()
+                .map_or(String::new(), |reference| {
+                    ref_field(&append.user, reference)
+                }),
+        );
 }
 
 fn outcome((epoch, id, ts, _, _, refusal): Answer, append: &Append) -> Outcome {
