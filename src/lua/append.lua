@@ -140,20 +140,26 @@ local function fold(kind, user, text, target, emoji, ts)
   end
 end
 
--- Makes room for one more event: history keeps `history` entries, and what
--- was made of a message leaves with it.
+-- What was made of the message under `id`, which leaves history.
+local function forget_fold(id)
+  redis.call('HDEL', room.fold, 't:' .. id, 'e:' .. id, 'd:' .. id, 'r:' .. id)
+end
+
+-- Makes room for event `id`: history keeps `history` entries, and what was
+-- made of a message leaves with it.
 local function trim(id)
   if id <= history then
     -- The stream holds ids below this one only: fewer than `history`.
     return
   end
   local over = redis.call('XLEN', room.stream) - history + 1
-  if over <= 0 then
-    return
-  end
-  for _, entry in ipairs(redis.call('XRANGE', room.stream, '-', '+', 'COUNT', over)) do
-    local id = string.match(entry[1], '^(%d+)')
-    redis.call('HDEL', room.fold, 't:' .. id, 'e:' .. id, 'd:' .. id, 'r:' .. id)
+  if over == 1 then
+    -- Ids are given one after another: the oldest is `history` below.
+    forget_fold(id - history)
+  elseif over > 1 then
+    for _, entry in ipairs(redis.call('XRANGE', room.stream, '-', '+', 'COUNT', over)) do
+      forget_fold(string.match(entry[1], '^(%d+)'))
+    end
   end
 end
 
