@@ -5,6 +5,10 @@
 //! message in the same step, and publishes, so that any number of instances
 //! share rooms through one Redis or one Redis Cluster.
 //!
+//! The appends of a room on this instance are stored a group at a time
+//! (`append_groups.rs`): one script call for the sends of every connection
+//! that came while the last group was being stored.
+//!
 //! Replication in Redis is asynchronous, so a replica promoted in a failover
 //! can lack the newest events and would give their ids to others. When the
 //! room's master has replicas online, a batch is therefore stored, then
@@ -13,13 +17,14 @@
 //! seen can be lost by a failover.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::{Script, ScriptInvocation, Value};
 
+use crate::append_groups::{Groups, Waiting};
 use crate::error::{Error, ErrorCode};
 use crate::feed::Signal;
 use crate::fields::{Room, User};
@@ -61,6 +66,9 @@ pub struct LogOptions {
 }
 
 pub struct RedisLog {
+    /// This log, for the task that stores a room's groups.
+    me: Weak<RedisLog>,
+    groups: Groups,
     redis: Arc<Redis>,
     history: usize,
     retry: Duration,
@@ -85,13 +93,15 @@ type Answer = (
 );
 
 impl RedisLog {
-    pub fn new(redis: Arc<Redis>, options: LogOptions) -> RedisLog {
+    pub fn new(redis: Arc<Redis>, options: LogOptions) -> Arc<RedisLog> {
         let retry = options.retry.unwrap_or(if redis.cluster {
             Duration::from_secs(10)
         } else {
             Duration::ZERO
         });
-        RedisLog {
+        Arc::new_cyclic(|me| RedisLog {
+            me: me.clone(),
+            groups: Groups::default(),
             redis,
             history: options.history,
             retry,
@@ -102,7 +112,37 @@ impl RedisLog {
             read: Script::new(READ),
             announce: Script::new(ANNOUNCE),
             mark: Script::new(MARK),
+        })
+    }
+
+    /// Stores a batch with the room's next group: the first append of an
+    /// idle room starts a task that stores its groups until none waits.
+    async fn append_grouped(
+        &self,
+        room: &Room,
+        batch: &[Append],
+        known: &[Seen],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let (answer, answered) = async_channel::bounded(1);
+        let waiting = Waiting {
+            batch: batch.to_vec(),
+            known: known.to_vec(),
+            answer,
+        };
+        if self.groups.push(room, waiting) {
+            let log = self.me.upgrade().expect("a log in use is held by its Arc");
+            let room = room.clone();
+            async_std::task::spawn(async move {
+                while let Some(group) = log.groups.next(&room) {
+                    let result = log.append_retrying(&room, &group.batch, &group.known).await;
+                    group.answer(result);
+                }
+            });
         }
+        answered
+            .recv()
+            .await
+            .unwrap_or_else(|_| Err(StoreError(format!("room {room}: the store stopped"))))
     }
 
     /// A script invocation with the room's six keys.
@@ -373,7 +413,7 @@ impl Log for RedisLog {
         batch: &'a [Append],
         known: &'a [Seen],
     ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>> {
-        self.append_retrying(room, batch, known).boxed()
+        self.append_grouped(room, batch, known).boxed()
     }
 
     fn read<'a>(&'a self, room: &'a Room, read: Read) -> BoxFuture<'a, Result<Page, StoreError>> {

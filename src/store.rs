@@ -48,7 +48,7 @@ impl Store {
         let redis = Arc::new(Redis::connect(connect).await?);
         let (feed, events) = RedisFeed::start(redis.clone());
         let store = Store {
-            log: Arc::new(RedisLog::new(redis.clone(), log)),
+            log: RedisLog::new(redis.clone(), log),
             presence: Arc::new(RedisPresence::new(redis, instance, presence_ttl)),
             feed: Arc::new(feed),
         };
