@@ -1,8 +1,9 @@
 //! What a room keeps of its refs in Redis, seen from the wire and from
-//! Redis itself: one hash per room that holds the refs of the last
-//! `--ref-memory` and no more, however many were sent before, while a retry
-//! within that window still gets the first answer; and the room's ref data
-//! goes with the room's other keys after `--retention`.
+//! Redis itself: one hash per room (not a key per ref) that, once the
+//! room's next sends have forgotten the old ones, holds the refs of the
+//! last `--ref-memory`, however many were sent before, while a retry within
+//! that window still gets the first answer; and the room's ref data goes
+//! with the room's other keys after `--retention`.
 
 mod common;
 
