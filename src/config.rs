@@ -814,6 +814,15 @@ mod tests {
             .unwrap_err()
             .contains("--retention"));
         assert_eq!(
+            config(&[], &[("PARLOR_REF_MEMORY", "30s")])
+                .unwrap()
+                .ref_memory,
+            std::time::Duration::from_secs(30)
+        );
+        assert!(config(&["--ref-memory", "0s"], &[])
+            .unwrap_err()
+            .contains("--ref-memory"));
+        assert_eq!(
             config(&["--instance", "eu-west.1"], &[]).unwrap().instance,
             "eu-west.1"
         );
