@@ -127,24 +127,41 @@ CLUSTERS = [
      "target": "parlor", "shards": 3, "replicas": 0},
 ]
 
-# The shape of parlor's store step (src/publish.lua) for redis-benchmark: read
-# the epoch, look the ref up, take the next id, append to the stream with
-# MAXLEN, remember the ref, publish the frame. One room, since redis-benchmark
-# cannot give the meta and stream keys the same random number; fresh refs.
+# The shape of parlor's store step (src/lua/append.lua) for redis-benchmark:
+# read the epoch, look the ref up in the room's refs hash, take the next id,
+# append to the stream with MAXLEN, remember the ref (hash field and order
+# entry), publish the frame, and at every 16th id forget the refs older than
+# five minutes by Redis's clock. One room, since redis-benchmark cannot give
+# the meta and stream keys the same random number; fresh refs.
 CEILING_SCRIPT = """\
 local epoch = redis.call('HGET', KEYS[1], 'epoch') or 'e0000000'
-if redis.call('GET', KEYS[3]) then return 0 end
+if redis.call('HGET', KEYS[3], ARGV[8]) then return 0 end
 local id = redis.call('HINCRBY', KEYS[1], 'head', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], id .. '-0', 'user', ARGV[1], 'text', ARGV[2], 'ts', ARGV[3])
-redis.call('SET', KEYS[3], epoch .. ' ' .. id .. ' ' .. ARGV[3], 'EX', 300)
-redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. id .. ' ' .. ARGV[6] .. id .. ARGV[7])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], id .. '-0', 'user', ARGV[1], 'ts', ARGV[3], 'n', ARGV[9], 'text', ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[8], id .. ' ' .. ARGV[3])
+redis.call('XADD', KEYS[4], '*', 'f', ARGV[8])
+redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. id .. ' ' .. ARGV[9] .. ' ' .. ARGV[6] .. id .. ARGV[7])
+if id % 16 == 0 then
+  local clock = redis.call('TIME')
+  local cutoff = clock[1] * 1000 + math.floor(clock[2] / 1000) - 300000
+  local old = redis.call('XRANGE', KEYS[4], '-', string.format('%d', cutoff), 'COUNT', 1000)
+  if #old > 0 then
+    local fields = {}
+    for i, entry in ipairs(old) do fields[i] = entry[2][2] end
+    redis.call('HDEL', KEYS[3], unpack(fields))
+    redis.call('XTRIM', KEYS[4], 'MINID', string.format('%d', cutoff + 1))
+  end
+end
 return id
 """
-# A message as big as the bench's: its text is a send time in microseconds.
+CEILING_KEYS = ["bench:meta", "bench:stream", "bench:refs", "bench:ref-order"]
+# A message as big as the bench's: its text is a send time in microseconds;
+# then its ref's field and its nonce.
 CEILING_ARGS = [
     "pub0", "1234567890123456", "1795000000000", "10000", "parlor:bench",
     '{"type":"message","room":"bench-ingest-0","id":',
     ',"user":"pub0","text":"1234567890123456","ts":1795000000000}',
+    "4:pub0:__rand_int__", "1234567890",
 ]
 
 
@@ -367,8 +384,8 @@ class Run:
         )
         argv = [
             "redis-benchmark", "-p", self.redis_port, "-n", requests, "-c", 50, "-P", 16,
-            "-r", 1000000000, "--csv", "EVALSHA", sha, 3,
-            "bench:meta", "bench:stream", "bench:ref:__rand_int__", *CEILING_ARGS,
+            "-r", 1000000000, "--csv", "EVALSHA", sha, len(CEILING_KEYS),
+            *CEILING_KEYS, *CEILING_ARGS,
         ]
         self.note([word if word != sha else "$SHA" for word in argv])
         done = subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=600)

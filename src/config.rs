@@ -84,6 +84,11 @@ pub struct Flags {
     #[argh(option)]
     pub retention: Option<String>,
 
+    /// how long a send's `ref` is remembered, so that a retry within it is
+    /// stored once, such as 5m or 30s [PARLOR_REF_MEMORY, default 5m]
+    #[argh(option)]
+    pub ref_memory: Option<String>,
+
     /// this instance's name in `welcome` frames and logs: 1 to 64 of A-Z
     /// a-z 0-9 _ - . [PARLOR_INSTANCE, default: six random hex digits]
     #[argh(option)]
@@ -392,6 +397,8 @@ pub struct Config {
     pub history: usize,
     /// How long a room's keys live after its last event.
     pub retention: std::time::Duration,
+    /// How long a send's `ref` is remembered.
+    pub ref_memory: std::time::Duration,
     pub instance: String,
     pub max_text: usize,
     pub max_frame: usize,
@@ -472,6 +479,13 @@ impl Config {
                 "30d".to_owned(),
             )?)
             .map_err(|e| e.replace("--ttl", "--retention"))?,
+            ref_memory: crate::auth::parse_ttl(&pick(
+                flags.ref_memory,
+                &env,
+                "PARLOR_REF_MEMORY",
+                "5m".to_owned(),
+            )?)
+            .map_err(|e| e.replace("--ttl", "--ref-memory"))?,
             instance: pick(
                 flags.instance,
                 &env,
@@ -702,6 +716,9 @@ impl Config {
         if self.retention.is_zero() {
             return Err("--retention must be at least 1s".into());
         }
+        if self.ref_memory.is_zero() {
+            return Err("--ref-memory must be at least 1s".into());
+        }
         Ok(())
     }
 }
@@ -797,6 +814,15 @@ mod tests {
         assert!(config(&["--retention", "soon"], &[])
             .unwrap_err()
             .contains("--retention"));
+        assert_eq!(
+            config(&[], &[("PARLOR_REF_MEMORY", "30s")])
+                .unwrap()
+                .ref_memory,
+            std::time::Duration::from_secs(30)
+        );
+        assert!(config(&["--ref-memory", "0s"], &[])
+            .unwrap_err()
+            .contains("--ref-memory"));
         assert_eq!(
             config(&["--instance", "eu-west.1"], &[]).unwrap().instance,
             "eu-west.1"

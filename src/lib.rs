@@ -5,6 +5,7 @@
 //! members. ARCHITECTURE.md has the map of the modules below.
 
 pub mod app;
+pub mod append_groups;
 pub mod auth;
 pub mod bucket;
 pub mod config;

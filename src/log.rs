@@ -15,16 +15,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
 use crate::error::{Error, ErrorCode};
 use crate::fields::{Emoji, Ref, Room, Text, User};
 use crate::protocol::Frame;
-
-/// How long a `ref` is remembered, so that a retried send is stored once.
-pub const REF_MEMORY: Duration = Duration::from_secs(5 * 60);
 
 /// The identity of a room's history; ids mean something only within one epoch.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -128,7 +128,7 @@ async fn run(mut config: Config) -> Result<(), String> {
 
     let metrics = Metrics::default();
     let (store, feed) = match &config.redis {
-        None => Store::memory(config.history, config.retention),
+        None => Store::memory(config.history, config.retention, config.ref_memory),
         Some(url) => {
             let connect = RedisOptions {
                 url,
@@ -143,6 +143,7 @@ async fn run(mut config: Config) -> Result<(), String> {
                 retry: config.redis_retry_ms.map(Duration::from_millis),
                 replicas: config.redis_replicas,
                 retention: config.retention,
+                ref_memory: config.ref_memory,
             };
             let presence_ttl = Duration::from_millis(config.presence_ttl_ms);
             Store::redis(connect, log, &config.instance, presence_ttl).await?

@@ -20,7 +20,7 @@ use crate::feed::{Delivery, FeedEvent, Signal};
 use crate::fields::{Ref, Room, User};
 use crate::log::{
     self, now_millis, Append, Change, End, Epoch, Event, Fold, Log, Marked, Outcome, Page, Read,
-    Record, Seen, StoreError, Stored, REF_MEMORY,
+    Record, Seen, StoreError, Stored,
 };
 use crate::memory_feed::MemoryFeed;
 use crate::protocol;
@@ -31,6 +31,8 @@ pub struct MemoryLog {
     /// publishers wait when the feed falls behind instead of growing a queue.
     rooms: Mutex<Rooms>,
     history: usize,
+    /// How long a ref is remembered (`--ref-memory`).
+    ref_memory: Duration,
     feed: MemoryFeed,
 }
 
@@ -51,7 +53,8 @@ struct RoomLog {
     /// What later events made of the messages in history, by id.
     folds: HashMap<u64, Fold>,
     refs: HashMap<(User, Ref), Stored>,
-    /// When each ref was stored, oldest first, to forget them after five minutes.
+    /// When each ref was stored, oldest first, to forget them after
+    /// `--ref-memory`.
     ref_times: VecDeque<(Instant, (User, Ref))>,
     /// The highest id each user marked as read.
     markers: HashMap<String, u64>,
@@ -80,9 +83,9 @@ impl RoomLog {
         self.entries.get(usize::try_from(index).ok()?)
     }
 
-    fn forget_old_refs(&mut self, now: Instant) {
+    fn forget_old_refs(&mut self, now: Instant, memory: Duration) {
         while let Some((at, _)) = self.ref_times.front() {
-            if now.duration_since(*at) < REF_MEMORY {
+            if now.duration_since(*at) < memory {
                 break;
             }
             let (_, key) = self.ref_times.pop_front().expect("front exists");
@@ -177,10 +180,10 @@ impl RoomLog {
         &mut self,
         room: &Room,
         append: &Append,
-        history: usize,
+        (history, ref_memory): (usize, Duration),
     ) -> Result<(Stored, Option<Event>), Error> {
         let now = Instant::now();
-        self.forget_old_refs(now);
+        self.forget_old_refs(now, ref_memory);
         let key = append
             .reference
             .as_ref()
@@ -319,11 +322,18 @@ impl Rooms {
 
 impl MemoryLog {
     /// A log that keeps the newest `history` events per room for
-    /// `retention` after the room's last change, and hands new ones to `feed`.
-    pub fn new(history: usize, retention: Duration, feed: MemoryFeed) -> MemoryLog {
+    /// `retention` after the room's last change, remembers refs for
+    /// `ref_memory`, and hands new events to `feed`.
+    pub fn new(
+        history: usize,
+        retention: Duration,
+        ref_memory: Duration,
+        feed: MemoryFeed,
+    ) -> MemoryLog {
         MemoryLog {
             rooms: Mutex::new(Rooms::new(retention)),
             history,
+            ref_memory,
             feed,
         }
     }
@@ -333,7 +343,7 @@ impl MemoryLog {
         let log = rooms.touch(room, Instant::now());
         let mut outcomes = Vec::with_capacity(batch.len());
         for append in batch {
-            let outcome = log.append(room, append, self.history);
+            let outcome = log.append(room, append, (self.history, self.ref_memory));
             if let Ok((stored, Some(event))) = &outcome {
                 let delivery = Delivery {
                     room: room.clone(),
@@ -478,7 +488,7 @@ mod tests {
     fn ids_are_contiguous_per_room_and_history_is_trimmed() {
         block_on(async {
             let (feed, deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(3, DAY, feed);
+            let log = MemoryLog::new(3, DAY, Duration::from_secs(300), feed);
             let batch: Vec<Append> = (0..5).map(|_| append("x", None)).collect();
             let stored = log.append(&room("a"), &batch, &[]).await.unwrap();
             let stored: Vec<Option<u64>> = stored.iter().map(id).collect();
@@ -520,7 +530,7 @@ mod tests {
     fn a_retried_ref_is_stored_once() {
         block_on(async {
             let (feed, deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(10, DAY, feed);
+            let log = MemoryLog::new(10, DAY, Duration::from_secs(300), feed);
             let batch = [
                 append("x", Some("r1")),
                 append("x", Some("r1")),
@@ -537,7 +547,7 @@ mod tests {
     fn a_read_creates_nothing_but_a_join_fixes_the_epoch() {
         block_on(async {
             let (feed, _deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(10, DAY, feed);
+            let log = MemoryLog::new(10, DAY, Duration::from_secs(300), feed);
             let a = read(&log, "a", Slice::newest_after(0, 50)).await;
             let b = read(&log, "a", Slice::newest_after(0, 50)).await;
             assert_eq!((a.head, a.first, a.events.len()), (0, 1, 0));
@@ -557,7 +567,7 @@ mod tests {
     fn events_follow_the_rules_and_reads_fold_them() {
         block_on(async {
             let (feed, _deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(10, DAY, feed);
+            let log = MemoryLog::new(10, DAY, Duration::from_secs(300), feed);
             let text = |t: &str| Text::parse(t.into(), 100).unwrap();
             let react = |on| Change::React {
                 target: 1,

@@ -49,16 +49,15 @@ impl Keys {
         format!("{}:{{{room}}}:live", self.prefix)
     }
 
-    /// The user's length comes first so that no user and ref pair can spell
-    /// the same key as another.
-    pub fn reference(&self, room: &Room, user: &User, reference: &Ref) -> String {
-        let user = user.as_str();
-        format!(
-            "{}:{{{room}}}:ref:{}:{user}:{}",
-            self.prefix,
-            user.len(),
-            reference.as_str()
-        )
+    /// The refs remembered in the room: field `ref_field` → `id ts`.
+    pub fn refs(&self, room: &Room) -> String {
+        format!("{}:{{{room}}}:refs", self.prefix)
+    }
+
+    /// The room's refs in the order they were remembered, for forgetting
+    /// them in that order.
+    pub fn ref_order(&self, room: &Room) -> String {
+        format!("{}:{{{room}}}:ref-order", self.prefix)
     }
 
     pub fn room_of_channel(&self, channel: &str) -> Option<Room> {
@@ -68,6 +67,13 @@ impl Keys {
             .strip_suffix("}:live")?;
         Room::parse(inner).ok()
     }
+}
+
+/// A user's ref as a field of the room's refs hash. The user's length comes
+/// first so that no user and ref pair can spell the same field as another.
+pub fn ref_field(user: &User, reference: &Ref) -> String {
+    let user = user.as_str();
+    format!("{}:{user}:{}", user.len(), reference.as_str())
 }
 
 #[cfg(test)]
@@ -82,9 +88,11 @@ mod tests {
         assert_eq!(keys.stream(&room), "parlor:{general}:stream");
         assert_eq!(keys.channel(&room), "parlor:{general}:live");
         let user = User::parse("a:b").unwrap();
+        assert_eq!(keys.refs(&room), "parlor:{general}:refs");
         assert_eq!(
-            keys.reference(&room, &user, &Ref::parse("c").unwrap()),
-            "parlor:{general}:ref:3:a:b:c"
+            ref_field(&user, &Ref::parse("c").unwrap()),
+            "3:a:b:c",
+            "not the same as user a with ref b:c"
         );
         assert_eq!(keys.room_of_channel("parlor:{general}:live"), Some(room));
         assert_eq!(keys.room_of_channel("other:{general}:live"), None);

@@ -5,6 +5,10 @@
 //! message in the same step, and publishes, so that any number of instances
 //! share rooms through one Redis or one Redis Cluster.
 //!
+//! The appends of a room on this instance are stored a group at a time
+//! (`append_groups.rs`): one script call for the sends of every connection
+//! that came while the last group was being stored.
+//!
 //! Replication in Redis is asynchronous, so a replica promoted in a failover
 //! can lack the newest events and would give their ids to others. When the
 //! room's master has replicas online, a batch is therefore stored, then
@@ -13,22 +17,24 @@
 //! seen can be lost by a failover.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::{Script, ScriptInvocation, Value};
 
+use crate::append_groups::{Groups, Waiting};
 use crate::error::{Error, ErrorCode};
 use crate::feed::Signal;
 use crate::fields::{Room, User};
 use crate::log::{
     now_millis, Append, Change, End, Epoch, Event, Fold, Log, Marked, Outcome, Page, Read, Record,
-    Seen, StoreError, Stored, REF_MEMORY,
+    Seen, StoreError, Stored,
 };
 use crate::protocol;
 use crate::redis::{Failure, Redis};
+use crate::redis_keys::ref_field;
 use crate::redis_writers::Writer;
 use crate::topology::slot_of;
 
@@ -55,14 +61,20 @@ pub struct LogOptions {
     pub replicas: usize,
     /// How long a room's keys live after its last change.
     pub retention: Duration,
+    /// How long a ref is remembered (`--ref-memory`).
+    pub ref_memory: Duration,
 }
 
 pub struct RedisLog {
+    /// This log, for the task that stores a room's groups.
+    me: Weak<RedisLog>,
+    groups: Groups,
     redis: Arc<Redis>,
     history: usize,
     retry: Duration,
     replicas: usize,
     retention: Duration,
+    ref_memory: Duration,
     append: Script,
     read: Script,
     announce: Script,
@@ -81,26 +93,59 @@ type Answer = (
 );
 
 impl RedisLog {
-    pub fn new(redis: Arc<Redis>, options: LogOptions) -> RedisLog {
+    pub fn new(redis: Arc<Redis>, options: LogOptions) -> Arc<RedisLog> {
         let retry = options.retry.unwrap_or(if redis.cluster {
             Duration::from_secs(10)
         } else {
             Duration::ZERO
         });
-        RedisLog {
+        Arc::new_cyclic(|me| RedisLog {
+            me: me.clone(),
+            groups: Groups::default(),
             redis,
             history: options.history,
             retry,
             replicas: options.replicas,
             retention: options.retention,
+            ref_memory: options.ref_memory,
             append: Script::new(APPEND),
             read: Script::new(READ),
             announce: Script::new(ANNOUNCE),
             mark: Script::new(MARK),
-        }
+        })
     }
 
-    /// A script invocation with the room's four keys.
+    /// Stores a batch with the room's next group: the first append of an
+    /// idle room starts a task that stores its groups until none waits.
+    async fn append_grouped(
+        &self,
+        room: &Room,
+        batch: &[Append],
+        known: &[Seen],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let (answer, answered) = async_channel::bounded(1);
+        let waiting = Waiting {
+            batch: batch.to_vec(),
+            known: known.to_vec(),
+            answer,
+        };
+        if self.groups.push(room, waiting) {
+            let log = self.me.upgrade().expect("a log in use is held by its Arc");
+            let room = room.clone();
+            async_std::task::spawn(async move {
+                while let Some(group) = log.groups.next(&room) {
+                    let result = log.append_retrying(&room, &group.batch, &group.known).await;
+                    group.answer(result);
+                }
+            });
+        }
+        answered
+            .recv()
+            .await
+            .unwrap_or_else(|_| Err(StoreError(format!("room {room}: the store stopped"))))
+    }
+
+    /// A script invocation with the room's six keys.
     fn invocation<'a>(&self, script: &'a Script, room: &Room) -> ScriptInvocation<'a> {
         let keys = &self.redis.keys;
         let mut invocation = script.prepare_invoke();
@@ -108,7 +153,9 @@ impl RedisLog {
             .key(keys.meta(room))
             .key(keys.stream(room))
             .key(keys.fold(room))
-            .key(keys.reads(room));
+            .key(keys.reads(room))
+            .key(keys.refs(room))
+            .key(keys.ref_order(room));
         invocation
     }
 
@@ -167,7 +214,7 @@ impl RedisLog {
         let mut invocation = self.invocation(&self.append, room);
         invocation
             .arg(self.history)
-            .arg(REF_MEMORY.as_secs())
+            .arg(self.ref_memory.as_millis() as u64)
             .arg(&channel)
             .arg(Epoch::random().as_str())
             .arg(if replicas == 0 { "now" } else { "later" })
@@ -176,20 +223,11 @@ impl RedisLog {
         // reads and the feed find out; an append could only add one.
         add_known(&mut invocation, known, false);
         let ts = now_millis();
-        let mut ref_index = 4;
         let mut frames = Vec::with_capacity(batch.len());
         for append in batch {
             let record = Record::of(&append.user, &append.change);
             let (prefix, suffix) = protocol::event_parts(room, &record, ts);
-            let reference = match &append.reference {
-                Some(reference) => {
-                    invocation.key(keys.reference(room, &append.user, reference));
-                    ref_index += 1;
-                    ref_index
-                }
-                None => 0,
-            };
-            add_event(&mut invocation, append, ts, &prefix, &suffix, reference);
+            add_event(&mut invocation, append, ts, &prefix, &suffix);
             frames.push((prefix, suffix));
         }
         let Some(addr) = topology.owner(slot).map(|shard| shard.addr.clone()) else {
@@ -375,7 +413,7 @@ impl Log for RedisLog {
         batch: &'a [Append],
         known: &'a [Seen],
     ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>> {
-        self.append_retrying(room, batch, known).boxed()
+        self.append_grouped(room, batch, known).boxed()
     }
 
     fn read<'a>(&'a self, room: &'a Room, read: Read) -> BoxFuture<'a, Result<Page, StoreError>> {
@@ -437,7 +475,6 @@ fn add_event(
     ts: u64,
     prefix: &str,
     suffix: &str,
-    reference: usize,
 ) {
     let (kind, text, target, emoji) = match &append.change {
         Change::Message(text) => ("m", text.as_str(), 0, ""),
@@ -458,7 +495,14 @@ fn add_event(
         .arg(crate::log::nonce())
         .arg(prefix)
         .arg(suffix)
-        .arg(reference);
+        .arg(
+            append
+                .reference
+                .as_ref()
+                .map_or(String::new(), |reference| {
+                    ref_field(&append.user, reference)
+                }),
+        );
 }
 
 fn outcome((epoch, id, ts, _, _, refusal): Answer, append: &Append) -> Outcome {

@@ -28,10 +28,11 @@ impl Store {
     pub fn memory(
         history: usize,
         retention: Duration,
+        ref_memory: Duration,
     ) -> (Store, async_channel::Receiver<FeedEvent>) {
         let (feed, events) = MemoryFeed::new();
         let store = Store {
-            log: Arc::new(MemoryLog::new(history, retention, feed.clone())),
+            log: Arc::new(MemoryLog::new(history, retention, ref_memory, feed.clone())),
             presence: Arc::new(MemoryPresence::new(feed.clone())),
             feed: Arc::new(feed),
         };
@@ -48,7 +49,7 @@ impl Store {
         let redis = Arc::new(Redis::connect(connect).await?);
         let (feed, events) = RedisFeed::start(redis.clone());
         let store = Store {
-            log: Arc::new(RedisLog::new(redis.clone(), log)),
+            log: RedisLog::new(redis.clone(), log),
             presence: Arc::new(RedisPresence::new(redis, instance, presence_ttl)),
             feed: Arc::new(feed),
         };

@@ -1,7 +1,7 @@
 -- Moves a user's read marker up, and when it moved, tells the room's members
 -- on every instance, in the same step, so that it is told once.
 --
--- KEYS: the room's four keys (see room.lua).
+-- KEYS: the room's six keys (see room.lua).
 -- ARGV: user, id, channel, payload (a `~origin frame` signal), retention (ms).
 -- Returns 'moved', 'unchanged' (the marker was at or beyond it), or
 -- 'beyond' (the id is beyond the room's last one).

@@ -2,7 +2,7 @@
 -- consistent view. Nothing above the meta's `safe` mark is shown: the head
 -- reported is the last id that may be seen.
 --
--- KEYS: the room's four keys (see room.lua).
+-- KEYS: the room's six keys (see room.lua).
 -- ARGV: after (ids strictly above), before (strictly below, or '+' for none),
 --       limit, 'oldest' or 'newest' (which end the limit counts from),
 --       fresh epoch, '1' to give a room without one its epoch now ('0': a

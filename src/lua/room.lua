@@ -5,18 +5,24 @@
 -- Redis refuse any key or channel outside the room's slot before the first
 -- write, not half-way.
 --
--- A room's keys, always KEYS[1] to KEYS[4]:
+-- A room's keys, always KEYS[1] to KEYS[6]:
 --   meta    hash: `epoch`, `head` (the last id given), `safe` (the last id
 --           that may be shown: published, and on the replicas when the
 --           master has any; reads stop there)
---   stream  one entry per event, entry id `<id>-0`, fields `k` (kind: m
---           message, e edit, d delete, r reaction), `user`, `text`,
---           `target`, `emoji`, `on`, `ts` and the nonce `n`
+--   stream  one entry per event, entry id `<id>-0`, fields `k` (kind: e
+--           edit, d delete, r reaction; none for a message), `user`,
+--           `text`, `target`, `emoji`, `on`, `ts` and the nonce `n`
 --   fold    hash: what later events made of each message in history:
 --           `t:<id>` its latest text, `e:<id>` when it was edited, `d:<id>`
 --           deleted, `r:<id>` its reactions, lines `emoji \t user`
 --   read    hash: each user's read marker
-local room = {meta = KEYS[1], stream = KEYS[2], fold = KEYS[3], read = KEYS[4]}
+--   refs    hash: the refs of this epoch remembered (see append.lua), each
+--           `<length of user>:<user>:<ref>` → `id ts` of the first answer
+--   order   stream: one entry per ref in `refs`, in the order remembered,
+--           field `f` the ref's field; its entry ids are Redis's clock
+local room = {
+  meta = KEYS[1], stream = KEYS[2], fold = KEYS[3], read = KEYS[4], refs = KEYS[5], order = KEYS[6],
+}
 
 -- The fields of the event under `id` as a table, or nil when history does
 -- not have it.
@@ -63,20 +69,20 @@ end
 -- false. A room without an epoch is new, or its history was lost: numbering
 -- begins again at 1 under `fresh`, and anything left behind is meaningless.
 -- A store that went back moves to `fresh` too, keeping its history: from
--- then on its ids are named by the new epoch. Read markers start afresh
--- with every epoch.
+-- then on its ids are named by the new epoch. Read markers and refs start
+-- afresh with every epoch.
 local function current_epoch(fresh, create, known)
   local epoch = redis.call('HGET', room.meta, 'epoch')
   if not epoch then
     if not create then
       return nil
     end
-    redis.call('DEL', room.stream, room.fold, room.read)
+    redis.call('DEL', room.stream, room.fold, room.read, room.refs, room.order)
     redis.call('HSET', room.meta, 'epoch', fresh, 'head', 0, 'safe', 0)
     return fresh
   end
   if went_back(epoch, known) then
-    redis.call('DEL', room.read)
+    redis.call('DEL', room.read, room.refs, room.order)
     redis.call('HSET', room.meta, 'epoch', fresh)
     return fresh
   end
@@ -104,7 +110,7 @@ end
 
 -- Keeps the room's keys `retention` ms after the last change.
 local function touch(retention)
-  for _, key in ipairs({room.meta, room.stream, room.fold, room.read}) do
+  for _, key in ipairs({room.meta, room.stream, room.fold, room.read, room.refs, room.order}) do
     redis.call('PEXPIRE', key, retention)
   end
 end
