@@ -6,7 +6,9 @@ Socket.IO with the Pub/Sub adapter, Socket.IO with the Streams adapter) two
 instances over that Redis, runs examples/bench.rs against them scenario by
 scenario; then it starts Redis Clusters of one and three shards (a replica per
 master) and runs parlor on them, with and without WAIT for the replica,
-counting which master serves each room's shard channel. It writes
+counting which master serves each room's shard channel; last, a reconnect
+storm (bench/storm.py, examples/storm.rs) against parlor and Socket.IO with
+the Streams adapter, each on a fresh Redis. It writes
 BENCHMARKS.md and bench-latency.svg from the JSON lines the bench prints: into
 docs/ for a full run, into target/bench/ for a quick one (three shards only),
 so that a development run does not replace the published numbers. Every
@@ -15,7 +17,7 @@ or is interrupted.
 
     python3 bench/run.py [--quick]
 
-BENCH_REDIS_PORT (6400), BENCH_PORT (19000, the first of the 18 ports the
+BENCH_REDIS_PORT (6400), BENCH_PORT (19000, the first of the 20 ports the
 servers take) and BENCH_CLUSTER_PORT (6410, the first of the 6 cluster nodes'
 ports, and of their bus ports 10000 above) choose the ports. Logs and the raw
 results (results.jsonl) go to target/bench/. Python 3 standard library only.
@@ -41,6 +43,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import storm
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "bench"
@@ -917,6 +921,7 @@ def targets_table(results):
         if any(source and source.get("disturbed") for source in sources):
             verdict += " (from a disturbed run)"
         lines.append(f"| {label} | {goal} | {value:.3g}{unit} | {verdict} |")
+    lines.append(storm.target_row(results.get("storm")))
     return "\n".join(lines)
 
 
@@ -1338,6 +1343,7 @@ def document(run, results, clusters, sizes, mode, about, minutes):
 ![p50 and p99 latency against delivered rate](bench-latency.svg)
 
 {cluster_section(results, clusters, sizes)}
+{storm.section(results.get("storm"), mode)}
 ## Every fanout run
 
 {runs_table(run.reports)}
@@ -1393,6 +1399,7 @@ def main():
                 run.failed(server["name"], e, keep={redis})
         run.stop(redis)
         clusters = run_clusters(run, sizes, base_port, cluster_port)
+        results["storm"] = storm.run_storms(run, mode, SERVERS, [base_port + 18, base_port + 19], BenchError)
     finally:
         run.stop_all()
 
