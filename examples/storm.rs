@@ -499,7 +499,12 @@ async fn resume_parlor(ctx: &Ctx, member: &mut Member, addr: &str) -> Result<(Ws
     let path = if member.token.is_empty() {
         format!("/ws?user=m{user}&room={room}&since=0")
     } else {
-        let (since, epoch) = (&member.position, &member.token);
+        let since = if member.position.is_empty() {
+            "0"
+        } else {
+            &member.position
+        };
+        let epoch = &member.token;
         format!("/ws?user=m{user}&room={room}&since={since}&epoch={epoch}")
     };
     let mut ws = open_ws(addr, &path).await?;
