@@ -9,10 +9,14 @@ and `target_row`; it uses the driver's `Run` for processes, commands and
 reports. Python 3 standard library only.
 """
 
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 STORM = "./target/release/examples/storm"
+# Where the driver's Run logs redis-server's output.
+REDIS_LOG = Path(__file__).resolve().parent.parent / "target" / "bench" / "logs" / "redis.log"
 # Members are rooms × members; the rate is messages per second in all.
 SIZES = {
     "full": {"rooms": 100, "members": 100, "rate": 200, "seconds": 60},
@@ -69,6 +73,10 @@ def storm_once(run, server, pair, sizes):
     report["kept"] = True
     memory = dict(line.split(":", 1) for line in run.redis_cli("info", "memory").splitlines() if ":" in line)
     report["redis_peak_bytes"] = int(memory.get("used_memory_peak", 0))
+    # Each client Redis closed for the output buffer limit, by the command it
+    # was last running.
+    closed = re.findall(r" cmd=(\S+) .*overcoming of output buffer limits", REDIS_LOG.read_text(errors="replace"))
+    report["redis_clients_closed"] = {command: closed.count(command) for command in sorted(set(closed))}
     if "error" in report:
         run.failed(f"{server['name']}, reconnect storm", report["error"])
     elif server["key"] == "parlor":
@@ -147,17 +155,62 @@ def target_row(storms):
 def restored_sentence(storms):
     """What the Socket.IO run's resumes without a session come to, if any."""
     report = storms["reports"].get("streams")
-    if not report or "error" in report or report["recovered"] == report["resumes"]:
+    if not report or "error" in report:
         return ""
-    fresh = report["resumes"] - report["recovered"]
+    fresh = report["resumes"] - report["recovered"] - report["unfinished"]
+    if not fresh:
+        return ""
     return paragraph(f"""
         {fresh:,} of Socket.IO's {report['resumes']:,} resumes got a new session rather than the old one
-        back. The instance that saw the drop stores the session (`persistSession`, a `SET` in Redis) when
-        it notices the disconnect; a member that reconnects at once can reach the other instance, which
-        takes the session (`GETDEL`) before it is there, finds none, and starts afresh: the member joins
-        again and what was posted meanwhile is lost to it. socket.io-client waits 0.5 to 1.5 s before it
-        reconnects (`reconnectionDelay`, 1 s by default, ± half), which leaves the old instance time, at
-        the price of that wait in every resume; the members here reconnect at once, for both servers.""")
+        back: the member joined again, and what was posted meanwhile was lost to it. One way this
+        happens: the instance that saw the drop stores the session (`persistSession`, a `SET` in Redis)
+        when it notices the disconnect, and a member that reconnects at once can reach the other
+        instance, which takes the session (`GETDEL`) before it is there and finds none. Another: the
+        member gave up on a resume after 30 s, when the server had already taken the session.
+        socket.io-client waits 0.5 to 1.5 s before it reconnects (`reconnectionDelay`, 1 s by default,
+        ± half), which leaves the old instance time, at the price of that wait in every resume; the
+        members here reconnect at once, for both servers.""")
+
+
+def unfinished_sentence(storms):
+    """The resumes that never completed, by server, if any."""
+    unfinished = [
+        f"{storms['names'][key]} {report['unfinished']:,}"
+        for key, report in storms["reports"].items()
+        if "error" not in report and report.get("unfinished")
+    ]
+    if not unfinished:
+        return ""
+    return paragraph(f"""
+        Resumes that never completed, their member still waiting for an answer or trying again when the
+        run ended: {'; '.join(unfinished)}. Each counts as never caught up.""")
+
+
+def publisher_sentence(storms):
+    """Which servers ended publishers' connections, if any did."""
+    ended = [
+        f"{storms['names'][key]} {report['publisher_reconnects']:,} times"
+        for key, report in storms["reports"].items()
+        if "error" not in report and report.get("publisher_reconnects")
+    ]
+    if not ended:
+        return ""
+    return paragraph(f"""
+        The server ended a publisher's connection ({'; '.join(ended)}): the publisher connected
+        again, and its sends not acked by then count as published, not acked.""")
+
+
+def closed_sentence(storms):
+    """The Redis connections closed for the output buffer limit, if any."""
+    closed = []
+    for key, report in storms["reports"].items():
+        for command, count in report.get("redis_clients_closed", {}).items():
+            closed.append(f"{storms['names'][key]}: {count:,} (last command `{command}`)")
+    if not closed:
+        return ""
+    return paragraph(f"""
+        Redis closed connections whose unread replies passed 1 GiB: {'; '.join(closed)}. The server
+        fell behind reading Redis's answers, which then piled up in Redis.""")
 
 
 def section(storms, mode):
@@ -201,7 +254,7 @@ def section(storms, mode):
         publishers, both instances and Redis share the machine's cores.""")
     measured = verdict(storms)
     target = paragraph(f"""
-        **Target**, for parlor: {TARGET_LABEL} {TARGET_GOAL}: {measured[1]} ({measured[0]}).""") if measured else ""
+        **Target**, for parlor: {TARGET_LABEL} {TARGET_GOAL}. Measured: {measured[0]}; {measured[1]}.""") if measured else ""
     if mode == "quick":
         target += "\n\n" + paragraph("(A quick run: smaller than the sizes the target is stated for.)")
     history = paragraph("""
@@ -211,5 +264,6 @@ def section(storms, mode):
         a second for its retry. For scale, AnyCable's published run of this shape gives replay p99 6.1 s
         for AnyCable and 4.6 s for Socket.IO with connection state recovery (their network and sizes, not
         this machine's).""")
-    parts = ["## Reconnect storm", setup, table(storms), measures, target, restored_sentence(storms), history]
+    parts = ["## Reconnect storm", setup, table(storms), measures, target, restored_sentence(storms), unfinished_sentence(storms), closed_sentence(storms),
+             publisher_sentence(storms), history]
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -148,7 +148,10 @@ async fn run(args: Args) -> Result<Value> {
     let ctx = Arc::new(context(&args)?);
     let started = Instant::now();
     let members = start_members(&ctx, &args).await?;
-    let connections = connect_publishers(&ctx).await?;
+    let mut connections = Vec::new();
+    for p in 0..ctx.publishers {
+        connections.push(connect_publisher(&ctx, p).await?);
+    }
     let storm_from = ctx.now_us() + args.warmup * 1_000_000;
     ctx.storm_to
         .store(storm_from + args.seconds * 1_000_000, Ordering::Release);
@@ -158,11 +161,12 @@ async fn run(args: Args) -> Result<Value> {
         .enumerate()
         .map(|(p, ws)| task::spawn(publish(ctx.clone(), p, ws)))
         .collect();
-    let (mut published, mut acked) = (0, Vec::new());
+    let (mut published, mut acked, mut reconnects) = (0, Vec::new(), 0);
     for publisher in publishers {
-        let (sent, mine) = publisher.await?;
-        published += sent;
-        acked.extend(mine);
+        let done = publisher.await?;
+        published += done.sent;
+        acked.extend(done.acked);
+        reconnects += done.reconnects;
     }
     let drain = Instant::now();
     wait_caught_up(&ctx, &acked, Duration::from_secs(args.drain)).await;
@@ -175,6 +179,7 @@ async fn run(args: Args) -> Result<Value> {
     let mut report = analyse(&ctx, &logs, &acked);
     let fields = json!({
         "scenario": "storm", "target": args.target, "published": published,
+        "publisher_reconnects": reconnects,
         "rooms": args.rooms, "per_room": args.members, "publishers": args.publishers,
         "rate": args.rate, "seconds": args.seconds, "warmup_s": args.warmup,
         "drop_every_s": args.drop_every, "drain_s": drain_s,
@@ -577,72 +582,108 @@ struct Acked {
     acked_us: u64,
 }
 
-type Publisher = task::JoinHandle<Result<(u64, Vec<Acked>)>>;
+type Publisher = task::JoinHandle<Result<Published>>;
 
-/// The publishers' connections, alternating between the instances.
-async fn connect_publishers(ctx: &Ctx) -> Result<Vec<Ws>> {
-    let mut publishers = Vec::new();
-    for p in 0..ctx.publishers {
-        let port = ctx.ports[p % ctx.ports.len()];
-        let addr = format!("127.0.0.1:{port}");
-        let ws = match ctx.target {
-            Target::Parlor => open_ws(&addr, &format!("/ws?user=pub{p}")).await?,
-            Target::SocketIo => {
-                let mut ws = open_ws(&addr, "/socket.io/?EIO=4&transport=websocket").await?;
-                send(&mut ws, "40".to_owned()).await?;
-                while !next_text(&mut ws).await?.starts_with("40") {}
-                ws
+/// Publisher `p`'s connection, to the instances in turn by `p`.
+async fn connect_publisher(ctx: &Ctx, p: usize) -> Result<Ws> {
+    let port = ctx.ports[p % ctx.ports.len()];
+    let addr = format!("127.0.0.1:{port}");
+    Ok(match ctx.target {
+        Target::Parlor => open_ws(&addr, &format!("/ws?user=pub{p}")).await?,
+        Target::SocketIo => {
+            let mut ws = open_ws(&addr, "/socket.io/?EIO=4&transport=websocket").await?;
+            send(&mut ws, "40".to_owned()).await?;
+            while !next_text(&mut ws).await?.starts_with("40") {}
+            ws
+        }
+    })
+}
+
+/// Connects publisher `p` again after the server ended its connection,
+/// trying for up to 30 s.
+async fn reconnect_publisher(ctx: &Ctx, p: usize) -> Result<Ws> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match timeout(Duration::from_secs(10), connect_publisher(ctx, p)).await {
+            Ok(Ok(ws)) => return Ok(ws),
+            _ if Instant::now() > deadline => {
+                return Err(format!("publisher {p} could not connect again within 30 s").into())
             }
-        };
-        publishers.push(ws);
+            _ => task::sleep(Duration::from_millis(100)).await,
+        }
     }
-    Ok(publishers)
+}
+
+/// What a publisher did: messages sent, those acked, and how many times
+/// it had to connect again (its sends not acked by then never are).
+struct Published {
+    sent: u64,
+    acked: Vec<Acked>,
+    reconnects: u64,
 }
 
 /// Posts message after message, each to a random room, paced by the clock
 /// until the end of the storm, then waits (up to 10 s) for every ack.
 /// Publisher `p` numbers its messages p, p + P, p + 2P, … (P publishers), so
 /// that every message has a number of its own and each publisher's numbers
-/// rise. Returns how many it sent, and those acked.
-async fn publish(ctx: Arc<Ctx>, p: usize, mut ws: Ws) -> Result<(u64, Vec<Acked>)> {
+/// rise.
+async fn publish(ctx: Arc<Ctx>, p: usize, mut ws: Ws) -> Result<Published> {
     let count = ctx.publishers as u64;
     let interval = Duration::from_secs_f64(count as f64 / ctx.rate as f64);
     let start = Instant::now() + interval.mul_f64(p as f64 / count as f64);
     let end_us = ctx.storm_to.load(Ordering::Acquire);
     let (mut rooms, mut acked) = (Vec::new(), Vec::new());
-    let mut deadline = None;
+    let (mut deadline, mut abandoned, mut reconnects) = (None, 0, 0);
     loop {
         let now = Instant::now();
         let due = start + interval.mul_f64(rooms.len() as f64);
         let sending = ctx.now_us() < end_us;
+        let mut lost = false;
         if sending && due <= now {
             let (k, room) = (rooms.len() as u64, fastrand::usize(..ctx.rooms.len()));
-            send(&mut ws, ctx.send_frame(room, k, k * count + p as u64)).await?;
+            lost = send(&mut ws, ctx.send_frame(room, k, k * count + p as u64))
+                .await
+                .is_err();
             rooms.push(room);
-            continue;
-        }
-        let wake = if sending {
-            due
         } else {
-            *deadline.get_or_insert(now + Duration::from_secs(10))
-        };
-        if !sending && (acked.len() == rooms.len() || now >= wake) {
-            return Ok((rooms.len() as u64, acked));
+            let wake = if sending {
+                due
+            } else {
+                *deadline.get_or_insert(now + Duration::from_secs(10))
+            };
+            if !sending && (acked.len() + abandoned == rooms.len() || now >= wake) {
+                let sent = rooms.len() as u64;
+                return Ok(Published {
+                    sent,
+                    acked,
+                    reconnects,
+                });
+            }
+            let wait = wake
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
+            match timeout(wait, next_text(&mut ws)).await {
+                Err(_) => {}
+                Ok(Err(_)) => lost = true,
+                Ok(Ok(text)) => {
+                    if let Some(k) = ctx.acked_send(&text)? {
+                        let room = *rooms.get(k as usize).ok_or("an ack for nothing sent")?;
+                        let n = (k * count + p as u64) as u32;
+                        acked.push(Acked {
+                            n,
+                            room,
+                            acked_us: ctx.now_us(),
+                        });
+                    } else if ctx.target == Target::SocketIo && text == "2" {
+                        lost = send(&mut ws, "3".to_owned()).await.is_err();
+                    }
+                }
+            }
         }
-        let wait = wake
-            .saturating_duration_since(now)
-            .max(Duration::from_millis(1));
-        let Ok(text) = timeout(wait, next_text(&mut ws)).await else {
-            continue;
-        };
-        let text = text?;
-        if let Some(k) = ctx.acked_send(&text)? {
-            let room = *rooms.get(k as usize).ok_or("an ack for nothing sent")?;
-            let n = (k * count + p as u64) as u32;
-            let acked_us = ctx.now_us();
-            acked.push(Acked { n, room, acked_us });
-        } else if ctx.target == Target::SocketIo && text == "2" {
-            send(&mut ws, "3".to_owned()).await?;
+        if lost {
+            ws = reconnect_publisher(&ctx, p).await?;
+            abandoned = rooms.len() - acked.len();
+            reconnects += 1;
         }
     }
 }
