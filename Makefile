@@ -18,7 +18,7 @@ REDIS_PORT ?= 6379
 RUN_ENV := $(if $(PORT),PORT=$(PORT)) $(if $(BIND),BIND=$(BIND)) \
            $(if $(HISTORY),HISTORY=$(HISTORY)) $(if $(REDIS_URL),REDIS_URL=$(REDIS_URL))
 
-.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence bench-storm soak fuzz fuzz-cmin fuzz-props clean
+.PHONY: build run test lint audit fmt client deps redis cluster bench bench-presence bench-hostile bench-storm soak fuzz fuzz-cmin fuzz-props clean
 
 build:
 	$(CARGO) build --release
@@ -107,12 +107,13 @@ cluster:
 
 # The benchmark: parlor against Socket.IO 4.8 on a redis-server of
 # its own (BENCH_REDIS_PORT, 6400) and ports from BENCH_PORT (19000) on, then
-# parlor on Redis Clusters of one and three shards it starts on ports from
-# BENCH_CLUSTER_PORT (6410) on, then a reconnect storm of 10,000 clients
-# against parlor and Socket.IO; about 14 minutes (more while other work keeps
-# the machine busy); it writes docs/BENCHMARKS.md and docs/bench-latency.svg.
-# QUICK=1 runs smaller sizes (three shards only, 1,000 storm clients) in 3 to
-# 4 minutes and writes to target/bench/ instead.
+# parlor on its memory store against the floor (bench/floor.rs, the `floor`
+# example), then parlor on Redis Clusters of one and three shards it starts
+# on ports from BENCH_CLUSTER_PORT (6410) on, then a reconnect storm of 10,000
+# clients against parlor and Socket.IO; about 16 minutes (more while other
+# work keeps the machine busy); it writes docs/BENCHMARKS.md and
+# docs/bench-latency.svg. QUICK=1 runs smaller sizes (three shards only,
+# 1,000 storm clients) in 4 to 5 minutes and writes to target/bench/ instead.
 bench: bench/socketio/node_modules/.package-lock.json
 	@$(MAKE) --no-print-directory deps DEPS="redis-server=redis-server redis-benchmark=redis-tools"
 	$(CARGO) build --release --bins --examples
@@ -170,6 +171,13 @@ fuzz-cmin:
 # (default 200000), in release.
 fuzz-props:
 	PROPTEST_CASES=$(or $(FUZZ_CASES),200000) $(CARGO) test --release --test decoder_fuzz
+
+# README's memory formula against HOSTILE_CLIENTS (19,000) clients that
+# never read, half asking for pages, half sending an unfinished largest
+# frame; fails when parlor's memory grows past the formula.
+bench-hostile:
+	$(CARGO) build --release --bins --examples
+	ulimit -n $$(ulimit -Hn) && ./target/release/examples/hostile --clients $(or $(HOSTILE_CLIENTS),19000)
 
 # Redis time per presence change in a room of 20,000 users.
 bench-presence:

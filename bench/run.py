@@ -6,9 +6,12 @@ Socket.IO with the Pub/Sub adapter, Socket.IO with the Streams adapter) two
 instances over that Redis, runs examples/bench.rs against them scenario by
 scenario; then it starts Redis Clusters of one and three shards (a replica per
 master) and runs parlor on them, with and without WAIT for the replica,
-counting which master serves each room's shard channel; last, a reconnect
-storm (bench/storm.py, examples/storm.rs) against parlor and Socket.IO with
-the Streams adapter, each on a fresh Redis. It writes
+counting which master serves each room's shard channel; and it runs parlor
+on its memory store, one instance, against the floor (bench/floor.rs: a
+plain epoll server that only writes each delivery), the two taking turns at
+each fixed rate; last, a reconnect storm (bench/storm.py, examples/storm.rs)
+against parlor and Socket.IO with the Streams adapter, each on a fresh
+Redis. It writes
 BENCHMARKS.md and bench-latency.svg from the JSON lines the bench prints: into
 docs/ for a full run, into target/bench/ for a quick one (three shards only),
 so that a development run does not replace the published numbers. Every
@@ -17,7 +20,7 @@ or is interrupted.
 
     python3 bench/run.py [--quick]
 
-BENCH_REDIS_PORT (6400), BENCH_PORT (19000, the first of the 20 ports the
+BENCH_REDIS_PORT (6400), BENCH_PORT (19000, the first of the 22 ports the
 servers take) and BENCH_CLUSTER_PORT (6410, the first of the 6 cluster nodes'
 ports, and of their bus ports 10000 above) choose the ports. Logs and the raw
 results (results.jsonl) go to target/bench/. Python 3 standard library only.
@@ -50,10 +53,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "bench"
 PARLOR = "./target/release/parlor"
 BENCH = "./target/release/examples/bench"
+FLOOR = "./target/release/examples/floor"
 SOCKETIO = "bench/socketio"
 
-# The full run takes about 10 minutes on 2 cores (the Redis Clusters about 3
-# of them); the quick one goes through every step in 2 to 3 minutes. Where other work keeps
+# The full run takes about 13 minutes on 2 cores (the Redis Clusters about 3
+# of them, the floor's comparison about 3); the quick one goes through every
+# step in 3 to 4 minutes. Where other work keeps
 # the machine busy, runs are retried until `patience_minutes` have passed.
 SIZES = {
     "full": {
@@ -70,7 +75,9 @@ SIZES = {
         "replays": 50,
         "cluster_shards": [1, 3],
         "cluster_rate": 20000,
-        "patience_minutes": 16,
+        # parlor on its memory store against the floor, one instance each.
+        "floor": {"rooms": 10, "subscribers": 100, "publishers": 10, "rates": [10000, 20000, 40000, 80000]},
+        "patience_minutes": 18,
     },
     "quick": {
         "idle": 2000,
@@ -86,7 +93,8 @@ SIZES = {
         "replays": 10,
         "cluster_shards": [3],
         "cluster_rate": 10000,
-        "patience_minutes": 4,
+        "floor": {"rooms": 5, "subscribers": 40, "publishers": 4, "rates": [10000, 40000]},
+        "patience_minutes": 5,
     },
 }
 # The fixed rate at which parlor's CPU and latency targets are stated.
@@ -102,6 +110,15 @@ SERVERS = [
     {"key": "streams", "name": "Socket.IO, Streams adapter", "target": "socketio", "adapter": "streams"},
 ]
 COLORS = {"parlor": "#1b7837", "pubsub": "#c2185b", "streams": "#1f5fa8"}
+# The comparison with the floor: parlor without --redis (its embedded memory
+# store) and bench/floor.rs, one instance each, on ports BENCH_PORT + 18 and
+# + 19. Both speak parlor's protocol, so the bench drives both as parlor.
+FLOOR_SERVERS = [
+    {"key": "memory", "name": "parlor, memory store", "target": "parlor", "pid_name": "$MEMORY_PID"},
+    {"key": "floor", "name": "the floor", "target": "parlor", "pid_name": "$FLOOR_PID"},
+]
+# Most parlor's CPU per 1,000 deliveries may be, as a multiple of the floor's.
+FLOOR_TARGET = 1.25
 # parlor on Redis Clusters started by the run, one replica per master: each
 # configuration runs on the cluster of its number of shards, with
 # --redis-replicas as given (1, the default, WAITs for the replica).
@@ -257,6 +274,22 @@ class Run:
             pair.append((process, port))
         return pair
 
+    def start_single(self, server, port):
+        """One instance of a FLOOR_SERVERS entry, ready to serve: parlor on
+        its memory store, or the floor (which has no HTTP, so a connection
+        accepted says it is ready)."""
+        name = f"{server['key']}-{port}"
+        if server["key"] == "floor":
+            process = self.start(name, [FLOOR, "--port", port])
+            wait_until(lambda: tcp_ok(port), process, name)
+        else:
+            process = self.start(name, [
+                PARLOR, "--port", port, "--rate", 1000000, "--burst", 1000000, "--max-connections", 30000,
+            ])
+            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), process, name)
+        self.pid_names[str(process.pid)] = server["pid_name"]
+        return process, port
+
     def bench(self, server, instances, redis, scenario, options, spread=1, timeout=300, tries=2):
         """Runs examples/bench.rs against `instances` (with the CPU of
         `redis`, one redis-server or a list of them, summed) once the machine is
@@ -268,6 +301,7 @@ class Run:
             argv += ["--spread", spread]
         for process, port in instances:
             argv += ["--url", f"ws://127.0.0.1:{port}", "--server-pid", process.pid]
+        # No Redis at all for the floor's comparison: an empty list.
         for node in redis if isinstance(redis, list) else [redis]:
             argv += ["--redis-pid", node.pid]
         argv += [scenario, *options]
@@ -441,6 +475,14 @@ def http_ok(url):
     try:
         with urllib.request.urlopen(url, timeout=1) as answer:
             return answer.status == 200
+    except OSError:
+        return False
+
+
+def tcp_ok(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
     except OSError:
         return False
 
@@ -734,6 +776,33 @@ def run_cluster_config(run, config, sizes, cluster, ports):
     return results
 
 
+def run_floor(run, sizes, first_port):
+    """parlor on its memory store and the floor, one instance each, both
+    started at once: a warm-up run of each, then at each fixed rate a run of
+    one and then of the other, so that both meet the machine as it is then."""
+    print("== parlor, memory store, against the floor", file=sys.stderr, flush=True)
+    shape = sizes["floor"]
+    results = {server["key"]: {"rates": {}} for server in FLOOR_SERVERS}
+    instances = {}
+    try:
+        for offset, server in enumerate(FLOOR_SERVERS):
+            instances[server["key"]] = [run.start_single(server, first_port + offset)]
+
+        def fanout(server, seconds, rate, tries=2):
+            return run.fanout(server, instances[server["key"]], [], shape, seconds, rate, tries)
+
+        for server in FLOOR_SERVERS:
+            fanout(server, sizes["warmup_seconds"], 10000, tries=1)["warmup"] = True
+        for rate in shape["rates"]:
+            for server in FLOOR_SERVERS:
+                results[server["key"]]["rates"][rate] = fanout(server, sizes["rate_seconds"], rate)
+    finally:
+        for started in instances.values():
+            for process, _ in started:
+                run.stop(process)
+    return results
+
+
 def command_output(*argv):
     try:
         return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
@@ -876,7 +945,7 @@ def results_table(results, sizes):
     return "\n".join(lines)
 
 
-def targets_table(results):
+def targets_table(results, floor, sizes):
     parlor = results.get("parlor", {"rates": {}})
     pubsub = results.get("pubsub", {"rates": {}})
     saturation, at_rate = parlor.get("saturation"), parlor["rates"].get(TARGET_RATE)
@@ -912,6 +981,14 @@ def targets_table(results):
         (f"Replay of {MISSED:,} missed messages, p99", "< 20 ms", replay, lambda v: v < 20, " ms",
          [parlor.get("replay")]),
     ]
+    memory, the_floor = (floor.get(key, {"rates": {}})["rates"] for key in ("memory", "floor"))
+    for rate in sizes["floor"]["rates"]:
+        mine, theirs = memory.get(rate), the_floor.get(rate)
+        targets.append((
+            f"CPU per 1,000 deliveries at {rate:,}/s, ÷ the floor's (memory store)", f"≤ {FLOOR_TARGET}",
+            compare(checked(mine, per_1k(mine, "server_cpu_s")), checked(theirs, per_1k(theirs, "server_cpu_s"))),
+            lambda v: v <= FLOOR_TARGET, "×", [mine, theirs],
+        ))
     lines = ["| target | goal | measured | |", "| --- | --- | ---: | --- |"]
     for label, goal, value, met, unit, sources in targets:
         if value is None:
@@ -1098,13 +1175,64 @@ def cluster_section(results, clusters, sizes):
     ] if part) + "\n"
 
 
+def floor_table(floor, sizes):
+    """Per fixed rate: parlor on its memory store, the floor, and parlor ÷
+    the floor."""
+    memory, the_floor = (floor.get(server["key"], {"rates": {}}) for server in FLOOR_SERVERS)
+    lines = [
+        f"| | {FLOOR_SERVERS[0]['name']} | {FLOOR_SERVERS[1]['name']} | parlor ÷ floor |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for rate in sizes["floor"]["rates"]:
+        title = f"At {rate:,}/s"
+        rows = [
+            (f"{title}: deliveries/s", lambda r: field(r, "delivery_rate"), 0, True),
+            (f"{title}: CPU ms per 1,000 deliveries", lambda r: per_1k(r, "server_cpu_s"), 2, True),
+            (f"{title}: of which user", lambda r: per_1k(r, "server_user_s"), 2, True),
+            (f"{title}: of which system", lambda r: per_1k(r, "server_system_s"), 2, True),
+            (f"{title}: latency p50 (ms)", lambda r: latency(r, "p50"), 2, True),
+            (f"{title}: latency p99 (ms)", lambda r: latency(r, "p99"), 2, True),
+            (f"{title}: latency p99.9 (ms)", lambda r: latency(r, "p999"), 2, True),
+            (f"{title}: nothing lost, duplicated or reordered", correct, 0, False),
+        ]
+        for label, pick, digits, divide in rows:
+            mine, theirs = pick(memory["rates"].get(rate)), pick(the_floor["rates"].get(rate))
+            cells = [number(mine, digits), number(theirs, digits), ratio(mine, theirs) if divide else ""]
+            lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def floor_section(floor, sizes):
+    shape = sizes["floor"]
+    rates = ", ".join(f"{rate:,}" for rate in shape["rates"])
+    setup = paragraph(f"""
+        The floor is a program of the project's own (bench/floor.rs, built as an example): one thread,
+        one level-triggered epoll, nonblocking sockets, a WebSocket handshake and framing of its own,
+        and just enough of parlor's protocol for this scenario (`welcome`; `join`, answered by `joined`
+        and `replayed`; `send`, answered by `ack`; `message` to every member). For each message it
+        takes the room's next id, encodes the frame once and writes it to each member's socket with
+        one `send(2)`; it stores nothing, keeps no history and uses no Redis. A member whose socket
+        would not take a whole frame keeps the rest, and what follows, in a buffer of its own until
+        the socket drains. What it spends is about what the deliveries alone cost on this machine.
+        parlor runs here without `--redis`, on its embedded memory store, with the other flags of
+        the runs above (see the commands); each is one instance, started together on ports of their own and driven by the same
+        load generator as parlor (`--target parlor`): {shape['rooms']} rooms × {shape['subscribers']}
+        subscribers ({shape['rooms'] * shape['subscribers']:,} connections), {shape['publishers']}
+        publishers, sends paced by the clock at {rates} deliveries/s for {sizes['rate_seconds']} s each.
+        After a warm-up run of each (not counted), the two take turns at each rate, so that both meet
+        the machine as it is then. CPU is the server process's utime and stime from
+        `/proc/<pid>/stat` (user and system time, in ticks of 10 ms), from the first send to the last
+        delivery; "parlor ÷ floor" is parlor's figure divided by the floor's.""")
+    return f"## Against the floor\n\n{setup}\n\n{floor_table(floor, sizes)}\n"
+
+
 def runs_table(reports):
     lines = [
         "| server | scenario | offered | messages | delivered/s | p50 ms | p99 ms | p99.9 ms | max ms "
         "| server CPU s | Redis CPU s | others' CPU s | correct |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    names = {server["key"]: server["name"] for server in SERVERS + CLUSTERS}
+    names = {server["key"]: server["name"] for server in SERVERS + CLUSTERS + FLOOR_SERVERS}
     for report in reports:
         if report.get("scenario") != "fanout" and "error" not in report:
             continue
@@ -1237,7 +1365,7 @@ def paragraph(text):
     return textwrap.fill(" ".join(text.split()), 78)
 
 
-def document(run, results, clusters, sizes, mode, about, minutes):
+def document(run, results, clusters, floor, sizes, mode, about, minutes):
     when = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
     rates = ", ".join(f"{rate:,}" for rate in sizes["rates"])
     intro = paragraph(f"""
@@ -1251,8 +1379,10 @@ def document(run, results, clusters, sizes, mode, about, minutes):
         Compared: parlor, and Socket.IO {about['socket.io']} with `@socket.io/redis-adapter` (Redis Pub/Sub,
         the usual setup) and with `@socket.io/redis-streams-adapter` plus connection state recovery
         (Socket.IO's closest equivalent to parlor's stored, replayable rooms). Each server runs as two
-        instances over one Redis; Socket.IO's clients use the WebSocket transport only. A last
-        section runs parlor on Redis Clusters.""")
+        instances over one Redis; Socket.IO's clients use the WebSocket transport only. A section
+        puts parlor, on its memory store, against the floor: a plain epoll server of the project's
+        own that does nothing but write each delivery. A last section runs parlor on Redis
+        Clusters.""")
     machine_lines = "\n".join(f"- {name}: {value}" for name, value in about.items())
     shared = paragraph("""
         Servers, Redis and the load generator share these cores; at maximum rate the load generator
@@ -1314,7 +1444,8 @@ def document(run, results, clusters, sizes, mode, about, minutes):
     commands_intro = paragraph("""
         Run from the repository root, in this order, after raising `ulimit -n` to the hard limit;
         `$A_PID`, `$B_PID` and `$REDIS_PID` stand for the process ids of the two instances started
-        last and of redis-server, `$REDIS_<port>_PID` for that of the cluster node on that port.""")
+        last and of redis-server, `$REDIS_<port>_PID` for that of the cluster node on that port,
+        `$MEMORY_PID` and `$FLOOR_PID` for those of parlor on its memory store and of the floor.""")
     commands = "\n".join(run.commands)
     return f"""# Benchmarks
 
@@ -1336,12 +1467,13 @@ def document(run, results, clusters, sizes, mode, about, minutes):
 
 ## Targets
 
-{targets_table(results)}
+{targets_table(results, floor, sizes)}
 
 ## Latency against delivered rate
 
 ![p50 and p99 latency against delivered rate](bench-latency.svg)
 
+{floor_section(floor, sizes)}
 {cluster_section(results, clusters, sizes)}
 {storm.section(results.get("storm"), mode)}
 ## Every fanout run
@@ -1368,13 +1500,13 @@ def document(run, results, clusters, sizes, mode, about, minutes):
 
 def main():
     parser = argparse.ArgumentParser(description="Run parlor's benchmark and write BENCHMARKS.md.")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for development (2 to 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for development (3 to 4 minutes)")
     mode = "quick" if parser.parse_args().quick else "full"
     sizes = SIZES[mode]
     redis_port = int(os.environ.get("BENCH_REDIS_PORT", "6400"))
     base_port = int(os.environ.get("BENCH_PORT", "19000"))
     cluster_port = int(os.environ.get("BENCH_CLUSTER_PORT", "6410"))
-    for needed in (PARLOR, BENCH, f"{SOCKETIO}/node_modules"):
+    for needed in (PARLOR, BENCH, FLOOR, f"{SOCKETIO}/node_modules"):
         if not (ROOT / needed).exists():
             sys.exit(f"{needed} is missing: run `make bench`, which builds and installs it")
     # ~19,000 idle connections need as many descriptors in the bench and in
@@ -1388,7 +1520,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     run = Run(redis_port, sizes["patience_minutes"] * 60)
-    results, clusters = {}, {}
+    results, clusters, floor = {}, {}, {}
     try:
         redis = run.start_redis()
         for index, server in enumerate(SERVERS):
@@ -1398,33 +1530,42 @@ def main():
             except BenchError as e:
                 run.failed(server["name"], e, keep={redis})
         run.stop(redis)
+        try:
+            floor = run_floor(run, sizes, base_port + 18)
+        except BenchError as e:
+            run.failed("parlor against the floor", e, keep=set())
         clusters = run_clusters(run, sizes, base_port, cluster_port)
-        results["storm"] = storm.run_storms(run, mode, SERVERS, [base_port + 18, base_port + 19], BenchError)
+        results["storm"] = storm.run_storms(run, mode, SERVERS, [base_port + 20, base_port + 21], BenchError)
     finally:
         run.stop_all()
 
     minutes = (time.monotonic() - started) / 60
     (OUT / "results.jsonl").write_text("".join(json.dumps(report) + "\n" for report in run.reports))
     docs = ROOT / "docs" if mode == "full" else OUT
-    (docs / "BENCHMARKS.md").write_text(document(run, results, clusters, sizes, mode, machine(), minutes))
+    (docs / "BENCHMARKS.md").write_text(document(run, results, clusters, floor, sizes, mode, machine(), minutes))
     chart(results, docs / "bench-latency.svg")
     print(f"wrote {(docs / 'BENCHMARKS.md').relative_to(ROOT)} and bench-latency.svg in {minutes:.1f} minutes",
           file=sys.stderr)
     print(results_table(results, sizes))
     print()
-    print(targets_table(results))
+    print(targets_table(results, floor, sizes))
+    print()
+    print(floor_table(floor, sizes))
     if sizes["cluster_shards"]:
         print()
         print(cluster_table(results, clusters, sizes))
         for sentence in shard_paragraph(clusters, sizes):
             print(f"- {sentence}")
-    parlor_keys = {"parlor"} | {config["key"] for config in CLUSTERS}
+    parlor_keys = {"parlor", "memory"} | {config["key"] for config in CLUSTERS}
     parlor_faults = [r for r in run.reports if r.get("server") in parlor_keys and r.get("ok") is False]
-    if run.failures or parlor_faults:
+    floor_faults = [r for r in run.reports if r.get("server") == "floor" and r.get("ok") is False]
+    if run.failures or parlor_faults or floor_faults:
         for failure in run.failures:
             print(f"FAILED: {failure}", file=sys.stderr)
         if parlor_faults:
             print("FAILED: parlor lost, duplicated or reordered messages (see the runs table)", file=sys.stderr)
+        if floor_faults:
+            print("FAILED: the floor lost, duplicated or reordered messages (see the runs table)", file=sys.stderr)
         sys.exit(1)
 
 

@@ -20,6 +20,9 @@
 //! cargo run --release --example bench -- --url ws://127.0.0.1:8081 --url ws://127.0.0.1:8082 \
 //!     fanout --rooms 10 --subscribers 10 --publishers 4 --seconds 5
 //! ```
+//! `--target parlor` also drives the floor (bench/floor.rs), which speaks
+//! the part of parlor's protocol that `fanout` uses.
+//!
 //! Parlor must run with a high `--rate` and `--burst`, since publishers send
 //! far faster than one person types; `--server-pid` adds CPU and memory
 //! figures read from /proc. Many connections need `ulimit -n` raised first.
@@ -302,16 +305,16 @@ impl Env {
         format!("{}-{kind}-{i}", self.prefix)
     }
 
-    /// CPU seconds (user and system) used so far by the servers and by Redis
-    /// (every node given).
-    fn cpu(&self) -> Result<(f64, f64)> {
+    /// CPU seconds used so far by the servers (user and system time apart)
+    /// and by Redis (both together, every node given).
+    fn cpu(&self) -> Result<(Cpu, f64)> {
         let sum = |pids: &[u32]| {
             pids.iter()
                 .map(|&pid| cpu_seconds(pid))
-                .sum::<Result<f64>>()
+                .sum::<Result<Cpu>>()
         };
         let servers = sum(&self.server_pids)?;
-        let redis = sum(&self.redis_pids)?;
+        let redis = sum(&self.redis_pids)?.total();
         Ok((servers, redis))
     }
 
@@ -730,7 +733,8 @@ async fn run_fanout(env: Arc<Env>, fanout: Fanout) -> Result<Value> {
         .saturating_sub(start_us)) as f64
         / 1e6;
     let delivery_rate = deliveries as f64 / seconds.max(1e-9);
-    let server_cpu = cpu_after - cpu_before;
+    let server_times = cpu_after - cpu_before;
+    let server_cpu = server_times.total();
     let latency = percentiles(&mut latencies);
     let cpu = if env.server_pids.is_empty() {
         "server CPU not measured (no --server-pid)".to_owned()
@@ -765,6 +769,8 @@ async fn run_fanout(env: Arc<Env>, fanout: Fanout) -> Result<Value> {
         "delivery_rate": delivery_rate,
         "latency_ms": latency.to_json(),
         "server_cpu_s": server_cpu,
+        "server_user_s": server_times.user,
+        "server_system_s": server_times.system,
         "redis_cpu_s": redis_after - redis_before,
         "faults": faults,
         "ok": ok,
@@ -804,7 +810,7 @@ async fn run_ingest(env: Arc<Env>, ingest: Ingest) -> Result<Value> {
         "messages": messages,
         "seconds": seconds,
         "rate": rate,
-        "server_cpu_s": cpu_after - cpu_before,
+        "server_cpu_s": (cpu_after - cpu_before).total(),
         "redis_cpu_s": redis_after - redis_before,
     }))
 }
@@ -1096,17 +1102,54 @@ impl fmt::Display for Percentiles {
     }
 }
 
-/// CPU seconds, user and system, that process `pid` has used: fields 14 and
-/// 15 of /proc/<pid>/stat, in clock ticks of 1/100 s (USER_HZ, which Linux
-/// fixes at 100 for /proc on every common architecture).
-fn cpu_seconds(pid: u32) -> Result<f64> {
+/// CPU seconds a process has used (or several, summed), user and system
+/// time apart.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    user: f64,
+    system: f64,
+}
+
+impl Cpu {
+    fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+impl std::iter::Sum for Cpu {
+    fn sum<I: Iterator<Item = Cpu>>(times: I) -> Cpu {
+        times.fold(Cpu::default(), |sum, t| Cpu {
+            user: sum.user + t.user,
+            system: sum.system + t.system,
+        })
+    }
+}
+
+/// CPU seconds, user and system, that process `pid` has used: fields 14
+/// (utime) and 15 (stime) of /proc/<pid>/stat, in clock ticks of 1/100 s
+/// (USER_HZ, which Linux fixes at 100 for /proc on every common
+/// architecture).
+fn cpu_seconds(pid: u32) -> Result<Cpu> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; count from after it.
     let fields: Vec<&str> = stat[stat.rfind(')').ok_or("odd /proc stat")? + 1..]
         .split_whitespace()
         .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / 100.0)
+    let seconds = |field: &str| Ok::<_, Error>(field.parse::<u64>()? as f64 / 100.0);
+    Ok(Cpu {
+        user: seconds(fields[11])?,
+        system: seconds(fields[12])?,
+    })
 }
 
 /// Resident memory of process `pid` in KiB, from /proc/<pid>/status.

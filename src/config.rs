@@ -78,8 +78,9 @@ pub struct Flags {
     #[argh(option)]
     pub history: Option<usize>,
 
-    /// how long a room's history and state live in Redis after its last
-    /// event, such as 30d, 12h or 90m [PARLOR_RETENTION, default 30d]
+    /// how long a room's history and state are kept after its last event
+    /// (in Redis, or in memory without it), such as 30d, 12h or 90m
+    /// [PARLOR_RETENTION, default 30d]
     #[argh(option)]
     pub retention: Option<String>,
 

@@ -24,6 +24,7 @@ pub mod order;
 pub mod origin;
 pub mod outbox;
 pub mod page;
+pub mod patient_io;
 pub mod presence;
 pub mod presence_queue;
 pub mod presence_store;

@@ -128,7 +128,7 @@ async fn run(mut config: Config) -> Result<(), String> {
 
     let metrics = Metrics::default();
     let (store, feed) = match &config.redis {
-        None => Store::memory(config.history),
+        None => Store::memory(config.history, config.retention),
         Some(url) => {
             let connect = RedisOptions {
                 url,

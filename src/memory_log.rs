@@ -3,12 +3,13 @@
 //! for a parlor that runs alone without Redis.
 //!
 //! It keeps exactly the semantics of the Redis log (`log.rs`), so the code
-//! above it is the same program in both modes. It cannot go back to an
+//! above it is the same program in both modes: a room nobody changed for
+//! `--retention` is forgotten, as its keys expire in Redis. It cannot go back to an
 //! older state, so what readers know (`Read::known`) never starts an epoch
 //! here.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use async_std::sync::Mutex;
 use futures_util::future::BoxFuture;
@@ -28,7 +29,7 @@ pub struct MemoryLog {
     /// An async mutex, because `append` hands each event to the feed while
     /// holding it: that is what keeps the feed in id order, and it makes
     /// publishers wait when the feed falls behind instead of growing a queue.
-    rooms: Mutex<HashMap<Room, RoomLog>>,
+    rooms: Mutex<Rooms>,
     history: usize,
     feed: MemoryFeed,
 }
@@ -41,6 +42,8 @@ struct Entry {
 }
 
 struct RoomLog {
+    /// The last append, mark or join, which starts the room's retention.
+    touched: Instant,
     epoch: Epoch,
     head: u64,
     /// The newest `history` events; ids are contiguous, ending at `head`.
@@ -55,8 +58,9 @@ struct RoomLog {
 }
 
 impl RoomLog {
-    fn new() -> RoomLog {
+    fn new(now: Instant) -> RoomLog {
         RoomLog {
+            touched: now,
             epoch: Epoch::random(),
             head: 0,
             entries: VecDeque::new(),
@@ -262,12 +266,63 @@ fn forbidden(what: &str, target: u64, who: &str) -> Error {
     )
 }
 
+/// The rooms in memory, each forgotten `retention` after its last change,
+/// the rule Redis keeps by expiring a room's keys.
+struct Rooms {
+    logs: HashMap<Room, RoomLog>,
+    /// (last change, room), one entry per room, oldest first.
+    by_age: BTreeSet<(Instant, Room)>,
+    retention: Duration,
+}
+
+impl Rooms {
+    fn new(retention: Duration) -> Rooms {
+        Rooms {
+            logs: HashMap::new(),
+            by_age: BTreeSet::new(),
+            retention,
+        }
+    }
+
+    /// The room as a read sees it, once what is past its retention is gone.
+    fn get(&mut self, room: &Room, now: Instant) -> Option<&RoomLog> {
+        self.forget_idle(now);
+        self.logs.get(room)
+    }
+
+    /// The room for a change, made when missing; the change restarts its
+    /// retention.
+    fn touch(&mut self, room: &Room, now: Instant) -> &mut RoomLog {
+        self.forget_idle(now);
+        if let Some(log) = self.logs.get(room) {
+            self.by_age.remove(&(log.touched, room.clone()));
+        }
+        self.by_age.insert((now, room.clone()));
+        let log = self
+            .logs
+            .entry(room.clone())
+            .or_insert_with(|| RoomLog::new(now));
+        log.touched = now;
+        log
+    }
+
+    fn forget_idle(&mut self, now: Instant) {
+        while let Some((at, _)) = self.by_age.first() {
+            if now.duration_since(*at) < self.retention {
+                break;
+            }
+            let (_, room) = self.by_age.pop_first().expect("first exists");
+            self.logs.remove(&room);
+        }
+    }
+}
+
 impl MemoryLog {
-    /// A log that keeps the newest `history` events per room and hands new
-    /// ones to `feed`.
-    pub fn new(history: usize, feed: MemoryFeed) -> MemoryLog {
+    /// A log that keeps the newest `history` events per room for
+    /// `retention` after the room's last change, and hands new ones to `feed`.
+    pub fn new(history: usize, retention: Duration, feed: MemoryFeed) -> MemoryLog {
         MemoryLog {
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(Rooms::new(retention)),
             history,
             feed,
         }
@@ -275,7 +330,7 @@ impl MemoryLog {
 
     async fn append_all(&self, room: &Room, batch: &[Append]) -> Vec<Outcome> {
         let mut rooms = self.rooms.lock().await;
-        let log = rooms.entry(room.clone()).or_insert_with(RoomLog::new);
+        let log = rooms.touch(room, Instant::now());
         let mut outcomes = Vec::with_capacity(batch.len());
         for append in batch {
             let outcome = log.append(room, append, self.history);
@@ -294,26 +349,27 @@ impl MemoryLog {
 
     async fn read_page(&self, room: &Room, read: Read) -> Page {
         let mut rooms = self.rooms.lock().await;
-        match rooms.get(room) {
+        let now = Instant::now();
+        if read.create {
+            return rooms.touch(room, now).page(room, &read);
+        }
+        match rooms.get(room, now) {
             Some(log) => log.page(room, &read),
-            None if read.create => rooms
-                .entry(room.clone())
-                .or_insert_with(RoomLog::new)
-                .page(room, &read),
             // A read of a room nobody used creates nothing: it answers an
             // empty history under an epoch of its own.
-            None => RoomLog::new().page(room, &read),
+            None => RoomLog::new(now).page(room, &read),
         }
     }
 
     async fn mark_read(&self, room: &Room, user: &User, id: u64, signal: Signal) -> Marked {
         let marked = {
             let mut rooms = self.rooms.lock().await;
-            let head = rooms.get(room).map_or(0, |log| log.head);
+            let now = Instant::now();
+            let head = rooms.get(room, now).map_or(0, |log| log.head);
             if id > head {
                 return Marked::Beyond;
             }
-            let log = rooms.entry(room.clone()).or_insert_with(RoomLog::new);
+            let log = rooms.touch(room, now);
             let marker = log.markers.entry(user.as_str().to_owned()).or_insert(0);
             if id > *marker {
                 *marker = id;
@@ -358,8 +414,8 @@ impl Log for MemoryLog {
         room: &'a Room,
     ) -> BoxFuture<'a, Result<BTreeMap<String, u64>, StoreError>> {
         async move {
-            let rooms = self.rooms.lock().await;
-            let markers = rooms.get(room).map(|log| &log.markers);
+            let mut rooms = self.rooms.lock().await;
+            let markers = rooms.get(room, Instant::now()).map(|log| &log.markers);
             Ok(markers
                 .map(|m| m.iter().map(|(u, id)| (u.clone(), *id)).collect())
                 .unwrap_or_default())
@@ -382,6 +438,8 @@ mod tests {
     use crate::fields::{Emoji, Text};
     use crate::log::Slice;
     use async_std::task::block_on;
+
+    const DAY: Duration = Duration::from_secs(86_400);
 
     fn by(user: &str, change: Change, reference: Option<&str>) -> Append {
         Append {
@@ -420,7 +478,7 @@ mod tests {
     fn ids_are_contiguous_per_room_and_history_is_trimmed() {
         block_on(async {
             let (feed, deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(3, feed);
+            let log = MemoryLog::new(3, DAY, feed);
             let batch: Vec<Append> = (0..5).map(|_| append("x", None)).collect();
             let stored = log.append(&room("a"), &batch, &[]).await.unwrap();
             let stored: Vec<Option<u64>> = stored.iter().map(id).collect();
@@ -462,7 +520,7 @@ mod tests {
     fn a_retried_ref_is_stored_once() {
         block_on(async {
             let (feed, deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(10, feed);
+            let log = MemoryLog::new(10, DAY, feed);
             let batch = [
                 append("x", Some("r1")),
                 append("x", Some("r1")),
@@ -479,7 +537,7 @@ mod tests {
     fn a_read_creates_nothing_but_a_join_fixes_the_epoch() {
         block_on(async {
             let (feed, _deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(10, feed);
+            let log = MemoryLog::new(10, DAY, feed);
             let a = read(&log, "a", Slice::newest_after(0, 50)).await;
             let b = read(&log, "a", Slice::newest_after(0, 50)).await;
             assert_eq!((a.head, a.first, a.events.len()), (0, 1, 0));
@@ -499,7 +557,7 @@ mod tests {
     fn events_follow_the_rules_and_reads_fold_them() {
         block_on(async {
             let (feed, _deliveries) = MemoryFeed::new();
-            let log = MemoryLog::new(10, feed);
+            let log = MemoryLog::new(10, DAY, feed);
             let text = |t: &str| Text::parse(t.into(), 100).unwrap();
             let react = |on| Change::React {
                 target: 1,
@@ -584,5 +642,23 @@ mod tests {
                 .unwrap();
             assert_eq!(again[0].as_ref().unwrap_err().code, ErrorCode::NotFound);
         });
+    }
+
+    #[test]
+    fn a_room_is_forgotten_its_retention_after_its_last_change() {
+        let mut rooms = Rooms::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let (a, b) = (room("a"), room("b"));
+        let epoch = rooms.touch(&a, at(0)).epoch.clone();
+        rooms.touch(&b, at(5));
+        rooms.touch(&a, at(8));
+        assert_eq!(rooms.get(&a, at(17)).map(|log| &log.epoch), Some(&epoch));
+        assert!(rooms.get(&b, at(15)).is_none(), "b idle for 10 s");
+        assert!(rooms.get(&a, at(17)).is_some(), "a changed at 8 s");
+        assert!(rooms.get(&a, at(18)).is_none());
+        assert!(rooms.logs.is_empty() && rooms.by_age.is_empty());
+        assert_ne!(rooms.touch(&a, at(18)).epoch, epoch, "a new room");
+        assert_eq!(rooms.by_age.len(), 1);
     }
 }

@@ -24,6 +24,7 @@ use crate::log::Change;
 use crate::metrics;
 use crate::origin::Act;
 use crate::page;
+use crate::patient_io::PatientIo;
 use crate::protocol;
 use crate::query::Query;
 use crate::room_api;
@@ -409,7 +410,7 @@ async fn websocket(
     };
     // hyper hands back the TCP stream it served, with any bytes it read
     // past the request, so tungstenite works on the socket directly.
-    let Ok(parts) = upgraded.downcast::<FuturesIo<async_std::net::TcpStream>>() else {
+    let Ok(parts) = upgraded.downcast::<FuturesIo<PatientIo<async_std::net::TcpStream>>>() else {
         log::error!("WebSocket upgrade: unexpected connection type");
         return;
     };
@@ -423,9 +424,13 @@ async fn websocket(
     let hyper::upgrade::Parts { io, read_buf, .. } = parts;
     let early = read_buf.to_vec();
     drop(read_buf);
-    let ws =
-        WebSocketStream::from_partially_read(io.into_inner(), early, Role::Server, Some(config))
-            .await;
+    let ws = WebSocketStream::from_partially_read(
+        io.into_inner().into_inner(),
+        early,
+        Role::Server,
+        Some(config),
+    )
+    .await;
     // A task of its own: this one's state (the upgrade) is freed now, not
     // carried for the connection's whole life.
     let served = connection::serve(app, ws, params);

@@ -15,6 +15,7 @@ use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::app::App;
 use crate::error::{Error, ErrorCode};
+use crate::patient_io::PatientIo;
 use crate::routes::{self, Side};
 
 /// Largest request head hyper buffers.
@@ -190,7 +191,10 @@ async fn serve_http(app: Arc<App>, stream: TcpStream, side: Side) {
         .header_read_timeout(Duration::from_millis(app.config.header_timeout_ms))
         .max_buf_size(MAX_HEAD);
     let mut conn = std::pin::pin!(builder
-        .serve_connection(FuturesIo::new(stream), service)
+        .serve_connection(
+            FuturesIo::new(PatientIo::new(stream, app.config.patience())),
+            service,
+        )
         .with_upgrades());
     let served = async { Some(conn.as_mut().await) }
         .or(async {

@@ -25,10 +25,13 @@ pub struct Store {
 
 impl Store {
     /// The embedded store, and its live feed's events.
-    pub fn memory(history: usize) -> (Store, async_channel::Receiver<FeedEvent>) {
+    pub fn memory(
+        history: usize,
+        retention: Duration,
+    ) -> (Store, async_channel::Receiver<FeedEvent>) {
         let (feed, events) = MemoryFeed::new();
         let store = Store {
-            log: Arc::new(MemoryLog::new(history, feed.clone())),
+            log: Arc::new(MemoryLog::new(history, retention, feed.clone())),
             presence: Arc::new(MemoryPresence::new(feed.clone())),
             feed: Arc::new(feed),
         };

@@ -279,3 +279,36 @@ async fn reads_of_rooms_nobody_used_create_no_keys() {
         redis.cli(&["KEYS", "*"])
     );
 }
+
+/// A room nobody changed for `--retention` is forgotten on both stores: its
+/// history is gone and its next use starts a new epoch (in Redis, its keys
+/// have expired).
+#[async_std::test]
+async fn a_room_idle_past_its_retention_is_forgotten_on_both_stores() {
+    let redis = common::Redis::start();
+    let on_redis = common::on_redis(&redis, &["--retention", "1s"]);
+    let in_memory = Server::start(&["--retention", "1s"]);
+    for server in [&in_memory, &on_redis] {
+        let posted = post_json(
+            &server.addr,
+            "/rooms/r/messages",
+            &json!({"user":"u","text":"hi"}),
+        );
+        assert_eq!(posted.status, 201, "{}", posted.body);
+        let kept = get(&server.addr, "/rooms/r/messages").json();
+        assert_eq!(kept["messages"].as_array().unwrap().len(), 1, "{kept}");
+        std::thread::sleep(std::time::Duration::from_millis(1_300));
+        let gone = get(&server.addr, "/rooms/r/messages").json();
+        assert_eq!(gone["messages"], json!([]), "{gone}");
+        assert_ne!(
+            gone["epoch"], kept["epoch"],
+            "a forgotten room has a new epoch"
+        );
+    }
+    assert_eq!(
+        redis.cli(&["DBSIZE"]).trim(),
+        "0",
+        "{}",
+        redis.cli(&["KEYS", "*"])
+    );
+}

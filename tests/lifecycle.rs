@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::event_stream::Stream;
 use common::{get, Client, Server};
 use serde_json::json;
 
@@ -309,6 +310,31 @@ async fn clients_that_never_read_are_dropped_and_their_sockets_freed() {
     assert_eq!(common::metric(&server.addr, "parlor_connections"), 0.0);
     let (_, welcome) = Client::welcomed(&server.ws_url("?user=next")).await;
     assert_eq!(welcome["type"], "welcome", "the limit has room again");
+    drop(stalled);
+}
+
+/// An event stream whose client stops reading, as a peer that vanished
+/// does once the socket's buffers are full: the server lets go of its socket
+/// within the patience, not when TCP gives up.
+#[async_std::test]
+async fn event_streams_that_never_read_are_dropped_and_their_sockets_freed() {
+    let server = Server::start(&["--max-connections", "3", "--ping-interval-ms", "1000"]);
+    let idle = sockets_of(server.pid());
+    // Each message is 24 KB of JSON (U+0001 is escaped as \u0001).
+    fill(&server, "big", 300, &"\u{1}".repeat(4000));
+    wait_for_sockets(&server, idle, "the fill's connections closed");
+    let stalled: Vec<_> = (0..3)
+        .map(|_| {
+            let stream = Stream::open(&server.addr, "/rooms/big/events?since=0", "");
+            assert_eq!(stream.status, 200);
+            stream
+        })
+        .collect();
+    wait_for_sockets(&server, idle + 3, "the stalled streams connected");
+    wait_for_sockets(&server, idle, "event streams that read nothing");
+    assert_eq!(common::metric(&server.addr, "parlor_connections"), 0.0);
+    let next = Stream::open(&server.addr, "/rooms/big/events", "");
+    assert_eq!(next.status, 200, "the limit has room again");
     drop(stalled);
 }
 
