@@ -49,6 +49,7 @@ def run_storms(run, mode, servers, ports, error):
             run.commands.append(f"redis-cli -p {run.redis_port} config set client-output-buffer-limit '{OUTPUT_LIMIT}'")
             pair = run.start_pair(server, ports)
             reports[server["key"]] = storm_once(run, server, pair, sizes)
+            reports[server["key"]]["exited"] = exited(server, pair)
         except error as e:
             run.failed(f"{server['name']}, reconnect storm", e)
         finally:
@@ -83,6 +84,19 @@ def storm_once(run, server, pair, sizes):
         report["ok"] = clean(report)
     run.reports.append(report)
     return report
+
+
+def exited(server, pair):
+    """The instances of `pair` that are no longer running, each with its
+    exit code and the last line of its log that names an error."""
+    gone = []
+    for label, (process, port) in zip("AB", pair):
+        if process.poll() is None:
+            continue
+        log = REDIS_LOG.parent / f"{server['key']}-{label}-{port}.log"
+        errors = [line.strip() for line in log.read_text(errors="replace").splitlines() if "Error" in line]
+        gone.append({"port": port, "code": process.returncode, "error": errors[-1] if errors else ""})
+    return gone
 
 
 def clean(report):
@@ -213,6 +227,21 @@ def closed_sentence(storms):
         fell behind reading Redis's answers, which then piled up in Redis.""")
 
 
+def exited_sentence(storms):
+    """The instances that exited during the storm, if any did."""
+    gone = [
+        f"{storms['names'][key]} on port {instance['port']} (exit code {instance['code']}"
+        + (f"; its log's last error: `{instance['error']}`)" if instance["error"] else ")")
+        for key, report in storms["reports"].items()
+        for instance in report.get("exited", [])
+    ]
+    if not gone:
+        return ""
+    return paragraph(f"""
+        Instances that exited during the storm: {'; '.join(gone)}. Members' later attempts to
+        connect there failed, and were tried again on a random instance.""")
+
+
 def section(storms, mode):
     """The "Reconnect storm" section of BENCHMARKS.md."""
     if not storms:
@@ -250,7 +279,9 @@ def section(storms, mode):
         one reads "never". **Attempts failed**: connections or resumes that failed or took more
         than 30 s, each tried again on a random instance 100 ms later. **Redis peak memory** is
         `used_memory_peak`, replies waiting to be read included (a client whose waiting replies pass
-        1 GiB is disconnected: `client-output-buffer-limit`). The times include the TCP and WebSocket handshakes; the members, the
+        1 GiB is disconnected: `client-output-buffer-limit`, so that a server falling behind cannot
+        take the machine's memory; a server may not survive that, and the text below says when an
+        instance exited). The times include the TCP and WebSocket handshakes; the members, the
         publishers, both instances and Redis share the machine's cores.""")
     measured = verdict(storms)
     target = paragraph(f"""
@@ -265,5 +296,6 @@ def section(storms, mode):
         for AnyCable and 4.6 s for Socket.IO with connection state recovery (their network and sizes, not
         this machine's).""")
     parts = ["## Reconnect storm", setup, table(storms), measures, target, restored_sentence(storms), unfinished_sentence(storms), closed_sentence(storms),
+             exited_sentence(storms),
              publisher_sentence(storms), history]
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -600,18 +600,15 @@ async fn connect_publisher(ctx: &Ctx, p: usize) -> Result<Ws> {
 }
 
 /// Connects publisher `p` again after the server ended its connection,
-/// trying for up to 30 s.
-async fn reconnect_publisher(ctx: &Ctx, p: usize) -> Result<Ws> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match timeout(Duration::from_secs(10), connect_publisher(ctx, p)).await {
-            Ok(Ok(ws)) => return Ok(ws),
-            _ if Instant::now() > deadline => {
-                return Err(format!("publisher {p} could not connect again within 30 s").into())
-            }
-            _ => task::sleep(Duration::from_millis(100)).await,
+/// trying until `until`; None if it could not.
+async fn reconnect_publisher(ctx: &Ctx, p: usize, until: Instant) -> Option<Ws> {
+    while Instant::now() < until {
+        if let Ok(Ok(ws)) = timeout(Duration::from_secs(10), connect_publisher(ctx, p)).await {
+            return Some(ws);
         }
+        task::sleep(Duration::from_millis(100)).await;
     }
+    None
 }
 
 /// What a publisher did: messages sent, those acked, and how many times
@@ -626,12 +623,14 @@ struct Published {
 /// until the end of the storm, then waits (up to 10 s) for every ack.
 /// Publisher `p` numbers its messages p, p + P, p + 2P, … (P publishers), so
 /// that every message has a number of its own and each publisher's numbers
-/// rise.
+/// rise. Without a connection it sends nothing: after connecting again it
+/// goes on at the same pace from then, and stops if it cannot by the end.
 async fn publish(ctx: Arc<Ctx>, p: usize, mut ws: Ws) -> Result<Published> {
     let count = ctx.publishers as u64;
     let interval = Duration::from_secs_f64(count as f64 / ctx.rate as f64);
-    let start = Instant::now() + interval.mul_f64(p as f64 / count as f64);
+    let mut start = Instant::now() + interval.mul_f64(p as f64 / count as f64);
     let end_us = ctx.storm_to.load(Ordering::Acquire);
+    let end = Instant::now() + Duration::from_micros(end_us.saturating_sub(ctx.now_us()));
     let (mut rooms, mut acked) = (Vec::new(), Vec::new());
     let (mut deadline, mut abandoned, mut reconnects) = (None, 0, 0);
     loop {
@@ -681,9 +680,18 @@ async fn publish(ctx: Arc<Ctx>, p: usize, mut ws: Ws) -> Result<Published> {
             }
         }
         if lost {
-            ws = reconnect_publisher(&ctx, p).await?;
             abandoned = rooms.len() - acked.len();
-            reconnects += 1;
+            let Some(again) = reconnect_publisher(&ctx, p, end).await else {
+                let sent = rooms.len() as u64;
+                return Ok(Published {
+                    sent,
+                    acked,
+                    reconnects,
+                });
+            };
+            (ws, reconnects) = (again, reconnects + 1);
+            let sent = interval.mul_f64(rooms.len() as f64);
+            start = Instant::now().checked_sub(sent).unwrap_or(start);
         }
     }
 }
