@@ -109,10 +109,11 @@ cluster:
 # its own (BENCH_REDIS_PORT, 6400) and ports from BENCH_PORT (19000) on, then
 # parlor on its memory store against the floor (bench/floor.rs, the `floor`
 # example), then parlor on Redis Clusters of one and three shards it starts
-# on ports from BENCH_CLUSTER_PORT (6410) on; about 13 minutes (more while
-# other work keeps the machine busy); it writes docs/BENCHMARKS.md and
-# docs/bench-latency.svg. QUICK=1 runs smaller sizes (three shards only) in
-# 3 to 4 minutes and writes to target/bench/ instead.
+# on ports from BENCH_CLUSTER_PORT (6410) on, then a reconnect storm of 10,000
+# clients against parlor and Socket.IO; about 16 minutes (more while other
+# work keeps the machine busy); it writes docs/BENCHMARKS.md and
+# docs/bench-latency.svg. QUICK=1 runs smaller sizes (three shards only,
+# 1,000 storm clients) in 4 to 5 minutes and writes to target/bench/ instead.
 bench: bench/socketio/node_modules/.package-lock.json
 	@$(MAKE) --no-print-directory deps DEPS="redis-server=redis-server redis-benchmark=redis-tools"
 	$(CARGO) build --release --bins --examples

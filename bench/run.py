@@ -9,7 +9,9 @@ master) and runs parlor on them, with and without WAIT for the replica,
 counting which master serves each room's shard channel; and it runs parlor
 on its memory store, one instance, against the floor (bench/floor.rs: a
 plain epoll server that only writes each delivery), the two taking turns at
-each fixed rate. It writes
+each fixed rate; last, a reconnect storm (bench/storm.py, examples/storm.rs)
+against parlor and Socket.IO with the Streams adapter, each on a fresh
+Redis. It writes
 BENCHMARKS.md and bench-latency.svg from the JSON lines the bench prints: into
 docs/ for a full run, into target/bench/ for a quick one (three shards only),
 so that a development run does not replace the published numbers. Every
@@ -18,7 +20,7 @@ or is interrupted.
 
     python3 bench/run.py [--quick]
 
-BENCH_REDIS_PORT (6400), BENCH_PORT (19000, the first of the 20 ports the
+BENCH_REDIS_PORT (6400), BENCH_PORT (19000, the first of the 22 ports the
 servers take) and BENCH_CLUSTER_PORT (6410, the first of the 6 cluster nodes'
 ports, and of their bus ports 10000 above) choose the ports. Logs and the raw
 results (results.jsonl) go to target/bench/. Python 3 standard library only.
@@ -44,6 +46,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import storm
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "bench"
@@ -1011,6 +1015,7 @@ def targets_table(results, floor, sizes):
         if any(source and source.get("disturbed") for source in sources):
             verdict += " (from a disturbed run)"
         lines.append(f"| {label} | {goal} | {value:.3g}{unit} | {verdict} |")
+    lines.append(storm.target_row(results.get("storm")))
     return "\n".join(lines)
 
 
@@ -1487,6 +1492,7 @@ def document(run, results, clusters, floor, sizes, mode, about, minutes):
 
 {floor_section(floor, sizes)}
 {cluster_section(results, clusters, sizes)}
+{storm.section(results.get("storm"), mode)}
 ## Every fanout run
 
 {runs_table(run.reports)}
@@ -1546,6 +1552,7 @@ def main():
         except BenchError as e:
             run.failed("parlor against the floor", e, keep=set())
         clusters = run_clusters(run, sizes, base_port, cluster_port)
+        results["storm"] = storm.run_storms(run, mode, SERVERS, [base_port + 20, base_port + 21], BenchError)
     finally:
         run.stop_all()
 

@@ -7,7 +7,9 @@
 // ADAPTER=pubsub is @socket.io/redis-adapter (Redis Pub/Sub, the usual
 // choice); ADAPTER=streams is @socket.io/redis-streams-adapter with connection
 // state recovery, the closest Socket.IO has to parlor's stored, replayable
-// rooms. Clients use the WebSocket transport only, as parlor's do.
+// rooms, which the reconnect storm (examples/storm.rs) resumes with: a session
+// is kept for maxDisconnectionDuration after a disconnect, far longer than any
+// gap in the storm. Clients use the WebSocket transport only, as parlor's do.
 "use strict";
 
 const http = require("node:http");
