@@ -119,7 +119,7 @@ async fn read(
         &app.config.instance,
         &format!("c{id:x}"),
     );
-    let mut open = outbox.push(welcome).await.is_ok();
+    let mut open = Box::pin(outbox.push(welcome)).await.is_ok();
     if let (true, Some(room)) = (open, params.room) {
         open = Box::pin(session.join(None, room, params.replay))
             .await
@@ -128,7 +128,7 @@ async fn read(
     if open {
         session.run(&mut receiver).await;
     }
-    session.close(receiver, writer).await;
+    Box::pin(session.close(receiver, writer)).await;
     app.connections.remove(id);
     app.metrics.connection_closed();
     log::debug!("connection {id} closed");
@@ -228,7 +228,7 @@ impl Session {
             let frame = match self.next(receiver, quiet_at).await {
                 Next::Stop | Next::Frame(None) => return,
                 Next::Stored(answered) => {
-                    if self.answered(answered).await.is_err() {
+                    if Box::pin(self.answered(answered)).await.is_err() {
                         return;
                     }
                     continue;
@@ -256,7 +256,9 @@ impl Session {
             };
             last_heard = Instant::now();
             pinged = false;
-            if self.frame(frame).await.is_err() {
+            // Boxed: the handlers' futures are large, and an idle
+            // connection, waiting in `next`, would carry their room.
+            if Box::pin(self.frame(frame)).await.is_err() {
                 return;
             }
             self.take_turns().await;

@@ -439,7 +439,9 @@ impl Writer {
                 code: CloseCode::from(code),
                 reason: reason.into(),
             };
-            let _ = async_std::future::timeout(CLOSE_TIMEOUT, socket.close(Some(frame))).await;
+            // Boxed, as it happens once: an idle writer carries none of it.
+            let closing = async_std::future::timeout(CLOSE_TIMEOUT, socket.close(Some(frame)));
+            let _ = Box::pin(closing).await;
         }
         self.outbox.writer_gone();
     }
