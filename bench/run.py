@@ -243,8 +243,13 @@ class Run:
         self.processes.remove(process)
 
     def stop_all(self):
+        self.stop_since(set())
+
+    def stop_since(self, before):
+        """Stops every process started since `before` (a set of them), newest first."""
         for process in reversed(self.processes[:]):
-            self.stop(process)
+            if process not in before:
+                self.stop(process)
 
     def redis_cli(self, *words):
         return subprocess.run(
@@ -751,9 +756,7 @@ def run_clusters(run, sizes, base_port, cluster_port):
         except BenchError as e:
             run.failed(f"parlor on {shards} shard(s)", e)
         finally:
-            for process in reversed(run.processes[:]):
-                if process not in before:
-                    run.stop(process)
+            run.stop_since(before)
     return results
 
 

@@ -53,9 +53,7 @@ def run_storms(run, mode, servers, ports, error):
         except error as e:
             run.failed(f"{server['name']}, reconnect storm", e)
         finally:
-            for process in reversed(run.processes[:]):
-                if process not in before:
-                    run.stop(process)
+            run.stop_since(before)
     return {"sizes": sizes, "names": {s["key"]: s["name"] for s in servers}, "reports": reports}
 
 
@@ -186,13 +184,18 @@ def restored_sentence(storms):
         members here reconnect at once, for both servers.""")
 
 
+def per_server(storms, field, unit=""):
+    """`field` of each server's report where it is not zero, as "name N unit"."""
+    return [
+        f"{storms['names'][key]} {report[field]:,}{unit}"
+        for key, report in storms["reports"].items()
+        if "error" not in report and report.get(field)
+    ]
+
+
 def unfinished_sentence(storms):
     """The resumes that never completed, by server, if any."""
-    unfinished = [
-        f"{storms['names'][key]} {report['unfinished']:,}"
-        for key, report in storms["reports"].items()
-        if "error" not in report and report.get("unfinished")
-    ]
+    unfinished = per_server(storms, "unfinished")
     if not unfinished:
         return ""
     return paragraph(f"""
@@ -202,11 +205,7 @@ def unfinished_sentence(storms):
 
 def publisher_sentence(storms):
     """Which servers ended publishers' connections, if any did."""
-    ended = [
-        f"{storms['names'][key]} {report['publisher_reconnects']:,} times"
-        for key, report in storms["reports"].items()
-        if "error" not in report and report.get("publisher_reconnects")
-    ]
+    ended = per_server(storms, "publisher_reconnects", " times")
     if not ended:
         return ""
     return paragraph(f"""
