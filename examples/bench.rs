@@ -44,6 +44,13 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, StreamExt};
 use serde_json::{json, Value};
 
+#[path = "common/procfs.rs"]
+mod procfs;
+#[path = "common/scan.rs"]
+mod scan;
+use procfs::status_kib;
+use scan::number_after;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -529,18 +536,11 @@ struct Delivery {
     sent_us: u64,
 }
 
-/// The unsigned integer that follows `key` in `text`.
-fn number_after(text: &str, key: &str) -> Option<u64> {
-    let rest = &text[text.find(key)? + key.len()..];
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    rest[..digits].parse().ok()
-}
-
 async fn run_idle(env: Arc<Env>, idle: Idle) -> Result<Value> {
     let rss_before = env
         .server_pids
         .iter()
-        .map(|&pid| rss_kib(pid))
+        .map(|&pid| status_kib(pid, "VmRSS:"))
         .sum::<Result<u64>>()?;
     let dropped = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -572,7 +572,7 @@ async fn run_idle(env: Arc<Env>, idle: Idle) -> Result<Value> {
     let rss_after = env
         .server_pids
         .iter()
-        .map(|&pid| rss_kib(pid))
+        .map(|&pid| status_kib(pid, "VmRSS:"))
         .sum::<Result<u64>>()?;
     let dropped = dropped.load(Ordering::Relaxed);
     if dropped > 0 {
@@ -1150,14 +1150,4 @@ fn cpu_seconds(pid: u32) -> Result<Cpu> {
         user: seconds(fields[11])?,
         system: seconds(fields[12])?,
     })
-}
-
-/// Resident memory of process `pid` in KiB, from /proc/<pid>/status.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .ok_or_else(|| format!("no VmRSS for process {pid}"))?;
-    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }

@@ -26,6 +26,10 @@ use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message;
 use futures_util::SinkExt;
 
+#[path = "common/procfs.rs"]
+mod procfs;
+use procfs::status_kib;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Many clients that read nothing, against README's memory formula.
@@ -186,16 +190,6 @@ async fn settle(pid: u32) -> Result<u64> {
         last = now;
     }
     Ok(last)
-}
-
-/// A line of /proc/<pid>/status, in KiB.
-fn status_kib(pid: u32, key: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .ok_or_else(|| format!("no {key} for process {pid}"))?;
-    Ok(line.trim().trim_end_matches("kB").trim().parse()?)
 }
 
 /// Posts one message over HTTP.

@@ -27,6 +27,8 @@
 //!   --members 50 --rate 100 --faults 0 --drops
 //! ```
 
+#[path = "common/procfs.rs"]
+mod procfs;
 #[path = "../tests/common/proxy.rs"]
 mod proxy;
 
@@ -42,6 +44,7 @@ use argh::FromArgs;
 use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::Message;
 use futures_util::StreamExt;
+use procfs::status_kib;
 use proxy::Proxy;
 use serde_json::{json, Value};
 
@@ -182,13 +185,7 @@ impl World {
             .iter()
             .map(|child| {
                 let pid = child.lock().unwrap().id();
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    .unwrap_or(0)
+                status_kib(pid, "VmRSS:").unwrap_or(0)
             })
             .collect()
     }

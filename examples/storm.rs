@@ -38,6 +38,10 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, StreamExt};
 use serde_json::{json, Value};
 
+#[path = "common/scan.rs"]
+mod scan;
+use scan::number_after;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = Error> = std::result::Result<T, E>;
 type Ws = WebSocketStream<TcpStream>;
@@ -258,13 +262,6 @@ async fn next_text(ws: &mut Ws) -> Result<Utf8Bytes> {
 
 async fn send(ws: &mut Ws, text: String) -> Result<()> {
     Ok(ws.send(Message::text(text)).await?)
-}
-
-/// The unsigned integer that follows `key` in `text`.
-fn number_after(text: &str, key: &str) -> Option<u64> {
-    let rest = &text[text.find(key)? + key.len()..];
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    rest[..digits].parse().ok()
 }
 
 /// The string that follows `key` in `text`, up to the next quote.
