@@ -39,6 +39,17 @@ pub struct Group {
 }
 
 impl Group {
+    /// Takes one more append in, after the ones it holds.
+    fn add(&mut self, waiting: Waiting) {
+        self.answers.push((waiting.answer, waiting.batch.len()));
+        self.batch.extend(waiting.batch);
+        for seen in waiting.known {
+            if !self.known.contains(&seen) {
+                self.known.push(seen);
+            }
+        }
+    }
+
     /// Hands each caller its part of the outcomes, or the error.
     pub fn answer(self, result: Result<Vec<Outcome>, StoreError>) {
         match result {
@@ -96,23 +107,12 @@ impl Groups {
             known: Vec::new(),
             answers: Vec::new(),
         };
-        let mut take = Some(first);
-        while let Some(waiting) = take {
-            group.batch.extend(waiting.batch.iter().cloned());
-            for seen in waiting.known {
-                if !group.known.contains(&seen) {
-                    group.known.push(seen);
-                }
+        group.add(first);
+        while let Some(waiting) = queue.front() {
+            if all_refs(waiting) != kind || group.batch.len() + waiting.batch.len() > GROUP_EVENTS {
+                break;
             }
-            group.answers.push((waiting.answer, waiting.batch.len()));
-            take = queue
-                .front()
-                .filter(|w| {
-                    all_refs(w) == kind && group.batch.len() + w.batch.len() <= GROUP_EVENTS
-                })
-                .is_some()
-                .then(|| queue.pop_front())
-                .flatten();
+            group.add(queue.pop_front().expect("front exists"));
         }
         Some(group)
     }
@@ -197,5 +197,100 @@ mod tests {
         assert!(groups.next(&room).is_none());
         let (d, _) = waiting(&["d1"], false);
         assert!(groups.push(&room, d), "an idle room starts again");
+    }
+
+    /// What a room's caller does: queue an append of `events` (all with
+    /// refs or none), or, as the room's storing task, take the next group.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Push {
+            room: usize,
+            events: usize,
+            refs: bool,
+        },
+        Next {
+            room: usize,
+        },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..3usize, 1..=300usize, any::<bool>()).prop_map(|(room, events, refs)| Step::Push {
+                room,
+                events,
+                refs
+            }),
+            (0..3usize).prop_map(|room| Step::Next { room }),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against a model (a queue of appends per room and whether the room
+        /// has a storing task): `push` starts a task exactly when the room
+        /// has none; each group is the longest run from the front of the
+        /// room's queue that is of one kind and within GROUP_EVENTS (or one
+        /// larger append alone), its events in order; each caller gets back
+        /// exactly its own outcomes.
+        #[test]
+        fn groups_follow_the_model(steps in proptest::collection::vec(step(), 1..60)) {
+            let groups = Groups::default();
+            let rooms: Vec<Room> = (0..3).map(|r| Room::parse(&format!("r{r}")).unwrap()).collect();
+            let mut queues: Vec<VecDeque<(usize, usize, bool)>> = vec![VecDeque::new(); 3];
+            let mut active = [false; 3];
+            let mut answers = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Push { room, events, refs } => {
+                        let id = answers.len();
+                        let texts: Vec<String> = (0..events).map(|i| format!("{id}-{i}")).collect();
+                        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                        let (w, answered) = waiting(&texts, refs);
+                        answers.push(answered);
+                        prop_assert_eq!(groups.push(&rooms[room], w), !active[room]);
+                        active[room] = true;
+                        queues[room].push_back((id, events, refs));
+                    }
+                    Step::Next { room } => {
+                        let got = groups.next(&rooms[room]);
+                        let queue = &mut queues[room];
+                        let Some(&(_, _, kind)) = queue.front() else {
+                            prop_assert!(got.is_none());
+                            active[room] = false;
+                            continue;
+                        };
+                        let mut want = Vec::new();
+                        let mut total = 0;
+                        while let Some(&(id, events, refs)) = queue.front() {
+                            if !want.is_empty() && (refs != kind || total + events > GROUP_EVENTS) {
+                                break;
+                            }
+                            queue.pop_front();
+                            want.push((id, events));
+                            total += events;
+                        }
+                        let group = got.expect("a group while appends wait");
+                        let texts: Vec<String> = group.batch.iter().map(|a| match &a.change {
+                            Change::Message(text) => text.as_str().to_owned(),
+                            _ => unreachable!(),
+                        }).collect();
+                        let expected: Vec<String> = want.iter()
+                            .flat_map(|&(id, events)| (0..events).map(move |i| format!("{id}-{i}")))
+                            .collect();
+                        prop_assert_eq!(texts, expected);
+                        group.answer(Ok((0..total as u64).map(stored).collect()));
+                        let mut next_id = 0;
+                        for (id, events) in want {
+                            let outcomes = answers[id].try_recv().unwrap().unwrap();
+                            let ids: Vec<Option<u64>> = outcomes.into_iter().map(|o| o.unwrap().id).collect();
+                            let own: Vec<Option<u64>> = (next_id..next_id + events as u64).map(Some).collect();
+                            prop_assert_eq!(ids, own);
+                            next_id += events as u64;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
