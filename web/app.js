@@ -625,7 +625,9 @@ $('scroller').onscroll = () => {
   const ids = shownIds();
   const held = ids ? room.list().filter((m) => m.id < ids[0]) : [];
   if (held.length) return prepend(room, held.slice(-PAGE));
-  if (!room.hasOlder() || room.loadingOlder) return;
+  // Not before the join's replay is in: until then the window's start is
+  // not known, and a view not yet filled would ask for a page it will get.
+  if (!room.joined || !room.hasOlder() || room.loadingOlder) return;
   room.loadingOlder = true;
   $('loading').hidden = false;
   room.older(PAGE).finally(() => { room.loadingOlder = false; });
