@@ -48,6 +48,7 @@ impl App {
         let presence = Presence::start(
             store.presence.clone(),
             Duration::from_millis(config.presence_ttl_ms),
+            Duration::from_millis(config.leave_grace_ms),
         );
         let rooms = Rooms::new(RoomsSetup {
             log: store.log.clone(),

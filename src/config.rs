@@ -160,6 +160,13 @@ pub struct Flags {
     #[argh(option)]
     pub presence_ttl_ms: Option<u64>,
 
+    /// milliseconds a user whose connection ended without a goodbye (a close
+    /// frame or a leave) stays in its rooms' presence before it leaves; back
+    /// by then, on any instance, it never left; 0 leaves at once
+    /// [PARLOR_LEAVE_GRACE_MS, default 1500]
+    #[argh(option)]
+    pub leave_grace_ms: Option<u64>,
+
     /// milliseconds a client may take to send its request headers before the
     /// connection is closed [PARLOR_HEADER_TIMEOUT_MS, default 10000]
     #[argh(option)]
@@ -413,6 +420,7 @@ pub struct Config {
     pub outbox_bytes: usize,
     pub header_timeout_ms: u64,
     pub presence_ttl_ms: u64,
+    pub leave_grace_ms: u64,
     pub ping_interval_ms: u64,
     pub drain_seconds: u64,
     pub log_level: log::LevelFilter,
@@ -520,6 +528,7 @@ impl Config {
                 "PARLOR_PRESENCE_TTL_MS",
                 30_000,
             )?,
+            leave_grace_ms: pick(flags.leave_grace_ms, &env, "PARLOR_LEAVE_GRACE_MS", 1_500)?,
             header_timeout_ms: pick(
                 flags.header_timeout_ms,
                 &env,

@@ -32,7 +32,7 @@ use crate::log::{Append, Change, Marked, Slice, Stored};
 use crate::order::ConnId;
 use crate::outbox::{Closed, Outbox, GOING_AWAY, NORMAL, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
-use crate::rooms::JoinError;
+use crate::rooms::{JoinError, Parting};
 use crate::sends::{self, Sends};
 
 /// How long a closing connection waits for its writer to finish and the
@@ -183,6 +183,9 @@ struct Session {
     reads: TokenBucket,
     /// Frames handled since the reader last let other tasks run.
     in_a_row: u32,
+    /// How the connection ends for its rooms: a goodbye once the client
+    /// sent a close frame.
+    parting: Parting,
     queue: Sends<Pending>,
     /// Boxed and made on the first send: an idle connection carries one
     /// pointer.
@@ -203,6 +206,7 @@ impl Session {
             moves: TokenBucket::new(MOVE_RATE, 2 * app.config.max_rooms as u32 + MOVE_SPARE),
             reads: TokenBucket::new(READ_RATE, READ_BURST),
             in_a_row: 0,
+            parting: Parting::Dropped,
             app,
             id,
             outbox,
@@ -328,7 +332,10 @@ impl Session {
                     Error::bad_request("binary frames are not supported; send JSON text frames");
                 Box::pin(self.refuse(None, error)).await
             }
-            Ok(WsMessage::Close(_)) => Err(Closed),
+            Ok(WsMessage::Close(_)) => {
+                self.parting = Parting::Goodbye;
+                Err(Closed)
+            }
             Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => self.control_frame(),
             Ok(WsMessage::Frame(_)) => Ok(()),
             Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
@@ -355,7 +362,7 @@ impl Session {
     ) {
         let _ = Box::pin(self.settle()).await;
         for room in self.joined.drain() {
-            self.app.rooms.leave(self.id, &room);
+            self.app.rooms.leave(self.id, &room, self.parting);
         }
         // Unless a close was requested already (then this one changes
         // nothing), the server is draining or the client is leaving or gone.
@@ -483,7 +490,7 @@ impl Session {
             return self.refuse(reference, too_many_moves()).await;
         }
         if self.joined.remove(&room) {
-            self.app.rooms.leave(self.id, &room);
+            self.app.rooms.leave(self.id, &room, Parting::Goodbye);
             self.outbox.push(protocol::left(&room)).await
         } else {
             self.refuse(reference, not_joined(&room)).await

@@ -177,8 +177,11 @@ async fn run(mut config: Config) -> Result<(), String> {
         log::info!("/healthz, /readyz and /metrics on http://{address} (--admin-bind)");
     }
     server::run(app.clone(), listener, admin).await;
-    // Departures of the connections that just closed, recorded before exit.
-    let _ = async_std::future::timeout(Duration::from_secs(2), app.presence.flush()).await;
+    // Departures of the connections that just closed, recorded before exit;
+    // those without a goodbye after the grace, so that users who resumed
+    // on another instance meanwhile never leave.
+    let grace = Duration::from_millis(app.config.leave_grace_ms);
+    let _ = async_std::future::timeout(grace + Duration::from_secs(2), app.presence.flush()).await;
     log::info!("stopped");
     Ok(())
 }

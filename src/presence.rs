@@ -9,6 +9,11 @@
 //! call is idempotent, so a failed one is made good by the next heartbeat
 //! (an arrival) or by expiry and the sweep (a departure). A heartbeat lets
 //! waiting changes go first every few calls, so a long one holds none back.
+//!
+//! A user whose connection ended without a goodbye departs only after the
+//! grace (`--leave-grace-ms`), and not at all if it is back by then, here or
+//! on another instance (whose arrival the store then counts as a second
+//! connection): a dropped network costs its room no `leave` and `join`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -41,16 +46,20 @@ struct Shared {
     asked: Event,
     /// Notified when the queue has settled.
     settled: Event,
+    /// How long the departure of a user who left without a goodbye waits.
+    grace: Duration,
 }
 
 impl Presence {
     /// Starts the presence task; entries expire `ttl` after their last
-    /// heartbeat, and heartbeats and sweeps come every third of it.
-    pub fn start(store: Arc<dyn PresenceStore>, ttl: Duration) -> Presence {
+    /// heartbeat, and heartbeats and sweeps come every third of it; a
+    /// departure without a goodbye waits `grace`.
+    pub fn start(store: Arc<dyn PresenceStore>, ttl: Duration, grace: Duration) -> Presence {
         let shared = Arc::new(Shared {
             queue: Mutex::new(PresenceQueue::default()),
             asked: Event::new(),
             settled: Event::new(),
+            grace,
         });
         async_std::task::spawn(run(store, ttl, Arc::downgrade(&shared)));
         Presence { shared }
@@ -66,13 +75,23 @@ impl Presence {
         self.want((room.clone(), user.clone()), false);
     }
 
+    /// `user` has no live connection left in `room` on this instance, the
+    /// last one gone without a goodbye: it departs after the grace unless
+    /// it is back by then.
+    pub fn drop_out(&self, room: &Room, user: &User) {
+        let due = Instant::now() + self.shared.grace;
+        lock(&self.shared.queue).depart_at((room.clone(), user.clone()), due);
+        self.shared.asked.notify(1);
+    }
+
     fn want(&self, key: Key, here: bool) {
         lock(&self.shared.queue).want(key, here);
         self.shared.asked.notify(1);
     }
 
-    /// Waits until every change so far is recorded: on shutdown, so that the
-    /// users of a draining instance leave at once rather than on expiry.
+    /// Waits until every change so far is recorded, held departures at
+    /// their time: on shutdown, so that the users of a draining instance
+    /// leave then rather than on expiry.
     pub async fn flush(&self) {
         loop {
             let settled = self.shared.settled.listen();
@@ -99,8 +118,13 @@ async fn run(store: Arc<dyn PresenceStore>, ttl: Duration, weak: Weak<Shared>) {
             continue;
         }
         let asked = shared.asked.listen();
-        if lock(&shared.queue).is_empty() {
-            let wait = next_beat.saturating_duration_since(Instant::now());
+        let (idle, due) = {
+            let queue = lock(&shared.queue);
+            (queue.is_empty(), queue.next_due())
+        };
+        if idle {
+            let wake = due.map_or(next_beat, |due| due.min(next_beat));
+            let wait = wake.saturating_duration_since(Instant::now());
             asked
                 .or(async {
                     async_std::task::sleep(wait).await;
@@ -111,8 +135,10 @@ async fn run(store: Arc<dyn PresenceStore>, ttl: Duration, weak: Weak<Shared>) {
 }
 
 /// Tells the store the waiting changes, in order, up to a turn's worth:
-/// however fast changes come, heartbeats get their turn.
+/// however fast changes come, heartbeats get their turn. Held departures
+/// whose time has come are waiting changes.
 async fn tell(store: &dyn PresenceStore, shared: &Shared) {
+    lock(&shared.queue).release(Instant::now());
     for _ in 0..CHANGES_PER_TURN {
         let next = lock(&shared.queue).take();
         let Some(((room, user), here)) = next else {

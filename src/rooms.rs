@@ -86,6 +86,17 @@ impl Sink for Outbox {
     }
 }
 
+/// How a member went: its user's departure is told at once after a
+/// goodbye, and after the grace otherwise (see `Presence::drop_out`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parting {
+    /// The client asked: a `leave`, or a WebSocket close frame.
+    Goodbye,
+    /// The connection ended otherwise: the network, a timeout, a server's
+    /// close, an event stream's end.
+    Dropped,
+}
+
 /// Why a join did not complete.
 #[derive(Debug)]
 pub enum JoinError {
@@ -160,7 +171,7 @@ impl Rooms {
         let result = self.run_join(&slot, conn, outbox, read).await;
         if result.is_err() {
             let left = lock(&slot.order).join_failed(conn);
-            self.left(&slot, left);
+            self.left(&slot, left, Parting::Goodbye);
         }
         result
     }
@@ -285,22 +296,26 @@ impl Rooms {
     }
 
     /// Removes `conn` from `room`; returns whether it was a member.
-    pub fn leave(&self, conn: ConnId, room: &Room) -> bool {
+    pub fn leave(&self, conn: ConnId, room: &Room, parting: Parting) -> bool {
         let Some(slot) = self.slot(room) else {
             return false;
         };
         let left = lock(&slot.order).leave(conn);
         let was_member = left.was_member;
-        self.left(&slot, left);
+        self.left(&slot, left, parting);
         was_member
     }
 
-    /// After a member went: its user departs when it was the last of it,
-    /// and an empty room leaves the registry and the live feed (whatever
-    /// became of its subscription).
-    fn left(&self, slot: &Arc<Slot>, left: order::Left) {
+    /// After a member went: its user departs when it was the last of it
+    /// (after the grace, when it went without a goodbye), and an empty room
+    /// leaves the registry and the live feed (whatever became of its
+    /// subscription).
+    fn left(&self, slot: &Arc<Slot>, left: order::Left, parting: Parting) {
         if let Some(user) = left.departed {
-            self.0.setup.presence.depart(&slot.room, &user);
+            match parting {
+                Parting::Goodbye => self.0.setup.presence.depart(&slot.room, &user),
+                Parting::Dropped => self.0.setup.presence.drop_out(&slot.room, &user),
+            }
         }
         if !left.empty {
             return;

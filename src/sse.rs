@@ -32,7 +32,7 @@ use crate::outbox::{Item, Outbox, GOING_AWAY, POLICY, TRY_AGAIN_LATER};
 use crate::protocol::{self, Replay};
 use crate::query::Query;
 use crate::room_api;
-use crate::rooms::JoinError;
+use crate::rooms::{JoinError, Parting};
 use crate::routes::Body;
 
 /// A comment goes out after this long without another line.
@@ -146,7 +146,8 @@ async fn follow(
             } else {
                 outbox.close(GOING_AWAY, "server shutting down");
             }
-            app.rooms.leave(conn, &room);
+            // A stream has no goodbye: its client may be back at once.
+            app.rooms.leave(conn, &room, Parting::Dropped);
         }
         Err(JoinError::Refused(error)) => {
             // The store failed or a limit was reached: the `error` event

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use async_tungstenite::tungstenite::Message;
 use common::{get, on_redis, Client, Redis, Server};
 use serde_json::{json, Value};
 
@@ -99,6 +100,46 @@ async fn presence_spans_instances() {
     drop(alice_a);
     until_member(&mut bob_b, "alice", "leave").await;
     assert_eq!(presence(&mut bob_b, "p").await, json!(["bob"]));
+}
+
+/// A user whose connection drops (no close frame) and who resumes on
+/// another instance within the grace never left: the room sees no `leave`
+/// and no `join` of hers. One who is not back leaves after the grace; one
+/// who says goodbye with a close frame leaves at once, not after it.
+#[async_std::test]
+async fn a_dropped_user_back_within_the_grace_never_leaves() {
+    let redis = Redis::start();
+    // A grace far longer than any wait here: a leave seen before it ends
+    // came from a goodbye.
+    let long = ["--leave-grace-ms", "60000"];
+    let a = on_redis(&redis, &long);
+    let b = on_redis(&redis, &long);
+    let mut bob = joined(&b, "bob", "p").await;
+    let alice = joined(&a, "alice", "p").await;
+    until_member(&mut bob, "alice", "join").await;
+    // The network drops alice; she resumes on B.
+    drop(alice);
+    let _alice = joined(&b, "alice", "p").await;
+    // Carol's join is told after anything A told of alice's drop (one task
+    // of A's tells its changes in order, all on the room's one channel).
+    let mut carol = joined(&a, "carol", "p").await;
+    let before = until_member(&mut bob, "carol", "join").await;
+    assert!(before.is_empty(), "alice flapped: {before:?}");
+    assert_eq!(
+        presence(&mut bob, "p").await,
+        json!(["alice", "bob", "carol"])
+    );
+    // A close frame is a goodbye: carol's leave comes at once.
+    carol.send_raw(Message::Close(None)).await;
+    until_member(&mut bob, "carol", "leave").await;
+    assert_eq!(presence(&mut bob, "p").await, json!(["alice", "bob"]));
+    // Dropped and not back: she leaves when the grace ends.
+    let c = on_redis(&redis, &["--leave-grace-ms", "300"]);
+    let dave = joined(&c, "dave", "p").await;
+    until_member(&mut bob, "dave", "join").await;
+    drop(dave);
+    until_member(&mut bob, "dave", "leave").await;
+    assert_eq!(presence(&mut bob, "p").await, json!(["alice", "bob"]));
 }
 
 #[async_std::test]
