@@ -250,7 +250,9 @@ def section(storms, mode):
     setup = paragraph(f"""
         {members:,} members in {sizes['rooms']} rooms of {sizes['members']}, over two instances on a fresh
         Redis (fresh instances and Redis for each server), each member joining at first on a random
-        instance. During {sizes['seconds']} s each member drops its connection every 10 to 20 s
+        instance. Once the members' first joins are quiet (no frame read for a second: parlor tells each
+        room's members of each join, a million `member` frames here, which take it seconds), during
+        {sizes['seconds']} s each member drops its connection every 10 to 20 s
         (uniformly at random, 15 s on average; the first drop anywhere in that span, so that drops are
         spread evenly): the socket is closed, without a WebSocket close frame or a Socket.IO
         disconnect. It reconnects at once to a random instance and resumes: on parlor with the last id
@@ -260,7 +262,11 @@ def section(storms, mode):
         Meanwhile {PUBLISHERS} publishers, which never drop, half on each instance, post
         {sizes['rate']:,} messages a second in all, each to a random room, paced by the clock from
         {WARMUP_SECONDS} s before the storm (so that every room has a message, and every member an
-        offset) to its end. One process (examples/storm.rs) runs every member and publisher.""")
+        offset) to its end. One process (examples/storm.rs) runs every member and publisher. A member
+        dropped without a goodbye stays in its room's presence for parlor's `--leave-grace-ms` (1.5 s by
+        default) and, resumed within it, never leaves: a resume costs its room no `member` frames
+        (before the grace, each resume told its room's 100 members of a leave and a join, five times
+        the frames of the messages themselves).""")
     measures = paragraph("""
         **Delivered**: for each member, the acked messages of its room it received at least once, out of
         every acked message times every member of its room. **Duplicates**: deliveries of a message the

@@ -5,7 +5,8 @@
 //! at a fixed rate; the same for parlor (a join with the last id and epoch
 //! seen) and for Socket.IO 4 with connection state recovery (a CONNECT with
 //! the last `pid` and `offset` seen, over a raw WebSocket), so that the two
-//! are measured doing the same thing.
+//! are measured doing the same thing. Publishing and the storm start once
+//! the members' first joins are quiet (no frame read for a second).
 //!
 //! At the end it checks, from what each member held, that every acked
 //! message reached every member of its room, and counts duplicates and
@@ -110,6 +111,8 @@ struct Ctx {
     stop: AtomicBool,
     /// Members connected and joined for the first time.
     joined: AtomicUsize,
+    /// Frames the members have read, of any kind.
+    frames: AtomicU64,
     /// Distinct messages each member holds.
     held: Vec<AtomicU32>,
     drop_every_us: u64,
@@ -152,6 +155,7 @@ async fn run(args: Args) -> Result<Value> {
     let ctx = Arc::new(context(&args)?);
     let started = Instant::now();
     let members = start_members(&ctx, &args).await?;
+    settle(&ctx).await;
     let mut connections = Vec::new();
     for p in 0..ctx.publishers {
         connections.push(connect_publisher(&ctx, p).await?);
@@ -225,6 +229,7 @@ fn context(args: &Args) -> Result<Ctx> {
         storm_to: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         joined: AtomicUsize::new(0),
+        frames: AtomicU64::new(0),
         held: (0..args.rooms * args.members)
             .map(|_| AtomicU32::new(0))
             .collect(),
@@ -376,6 +381,23 @@ async fn start_members(ctx: &Arc<Ctx>, args: &Args) -> Result<Vec<task::JoinHand
     Ok(members)
 }
 
+/// Waits until the members' first joins are quiet: no frame for a second,
+/// so that the storm does not start while a server still announces them
+/// (parlor tells each room's members of each join: a million `member`
+/// frames for 10,000 members in rooms of 100), at most two minutes.
+async fn settle(ctx: &Ctx) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = ctx.frames.load(Ordering::Acquire);
+    while Instant::now() < deadline {
+        task::sleep(Duration::from_secs(1)).await;
+        let now = ctx.frames.load(Ordering::Acquire);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
 /// Follows the member's room until told to stop: joins once (through
 /// `gate`, so that the start is not a stampede), then drops on schedule
 /// during the storm and resumes at once on a random instance.
@@ -473,6 +495,7 @@ async fn read_until_drop(
                 Some(Ok(text)) => text,
                 Some(Err(_)) => return true,
             };
+            ctx.frames.fetch_add(1, Ordering::Relaxed);
             if ctx.target == Target::SocketIo && text == "2" {
                 let _ = send(ws, "3".to_owned()).await;
                 continue;
