@@ -24,7 +24,7 @@ use futures_lite::{FutureExt, StreamExt};
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::bucket::TokenBucket;
+use crate::bucket::{Limit, TokenBucket};
 use crate::error::{Error, ErrorCode};
 use crate::feed::Signal;
 use crate::fields::{Ref, Room};
@@ -41,14 +41,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bad requests a connection may make in a burst, and per second after it,
 /// before it is closed with 1008. Generous: a client with a bug should see
 /// its errors, not lose its connection.
-const ABUSE_BURST: u32 = 100;
-const ABUSE_RATE: u32 = 10;
+const ABUSE: Limit = Limit::new(10, 100);
 /// Typing frames a connection may send in a burst, and per second after it.
-const SIGNAL_BURST: u32 = 10;
 const SIGNAL_RATE: u32 = 5;
+const SIGNALS: Limit = Limit::new(SIGNAL_RATE, 10);
 /// Read markers a connection may send in a burst, and per second after it.
-const MARK_BURST: u32 = 20;
 const MARK_RATE: u32 = 10;
+const MARKS: Limit = Limit::new(MARK_RATE, 20);
 /// Joins and leaves a connection may make per second after a burst (enough
 /// to join and leave every room it may hold, `--max-rooms`, and a spare):
 /// each one costs every member of the room a `member` frame.
@@ -60,11 +59,11 @@ const MOVE_SPARE: u32 = 10;
 /// store answer without end.
 const READ_BURST: u32 = 100;
 const READ_RATE: u32 = 20;
+const READS: Limit = Limit::new(READ_RATE, READ_BURST);
 /// WebSocket pings and pongs a client may send in a burst, and per second
 /// after it, before it is closed with 1008: a client pings every few seconds
 /// at most, and a flood of them would cost the server without end.
-const CONTROL_BURST: u32 = 20;
-const CONTROL_RATE: u32 = 5;
+const CONTROL: Limit = Limit::new(5, 20);
 /// Frames the reader handles in a row before it lets other tasks run: a
 /// client that keeps its socket readable would otherwise hold an executor
 /// thread.
@@ -100,16 +99,14 @@ pub fn serve(
     );
     let (sender, receiver) = ws.split();
     let writer = async_std::task::spawn(writer.run(sender));
-    read(app, outbox, writer, receiver, params)
+    let opening = Box::pin(open(app, outbox, params));
+    read(opening, writer, receiver)
 }
 
-async fn read(
-    app: Arc<App>,
-    outbox: Outbox,
-    writer: async_std::task::JoinHandle<()>,
-    mut receiver: WebSocketReceiver<TcpStream>,
-    params: Params,
-) {
+/// The start of a connection: counted, welcomed and joined to the URL's
+/// room; whether it is still open. Boxed by `serve`, so that the reader
+/// carries the parameters only until it is open.
+async fn open(app: Arc<App>, outbox: Outbox, params: Params) -> (Session, bool) {
     let id = app.connections.add(&outbox);
     app.metrics.connection_opened();
     let mut session = Session::new(app.clone(), id, outbox.clone(), &params);
@@ -119,19 +116,35 @@ async fn read(
         &app.config.instance,
         &format!("c{id:x}"),
     );
-    let mut open = Box::pin(outbox.push(welcome)).await.is_ok();
+    let mut open = outbox.push(welcome).await.is_ok();
     if let (true, Some(room)) = (open, params.room) {
         open = Box::pin(session.join(None, room, params.replay))
             .await
             .is_ok();
     }
-    if open {
-        session.run(&mut receiver).await;
+    (session, open)
+}
+
+/// Reads the connection until it closes. Not an `async fn`: one's arguments
+/// are kept twice in its future (as given and as moved into its body), and
+/// an idle connection would carry both copies.
+#[allow(clippy::manual_async_fn)]
+fn read(
+    opening: Pin<Box<impl Future<Output = (Session, bool)> + Send>>,
+    writer: async_std::task::JoinHandle<()>,
+    mut receiver: WebSocketReceiver<TcpStream>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let (mut session, open) = opening.await;
+        if open {
+            session.run(&mut receiver).await;
+        }
+        let (app, id) = (session.app.clone(), session.id);
+        Box::pin(session.close(receiver, writer)).await;
+        app.connections.remove(id);
+        app.metrics.connection_closed();
+        log::debug!("connection {id} closed");
     }
-    Box::pin(session.close(receiver, writer)).await;
-    app.connections.remove(id);
-    app.metrics.connection_closed();
-    log::debug!("connection {id} closed");
 }
 
 /// What woke the reader loop.
@@ -198,13 +211,13 @@ impl Session {
     fn new(app: Arc<App>, id: ConnId, outbox: Outbox, params: &Params) -> Session {
         let expires_at = params.identity.expiry().map(|left| Instant::now() + left);
         Session {
-            sends: TokenBucket::new(app.config.rate, app.config.burst),
-            signals: TokenBucket::new(SIGNAL_RATE, SIGNAL_BURST),
-            marks: TokenBucket::new(MARK_RATE, MARK_BURST),
-            abuse: TokenBucket::new(ABUSE_RATE, ABUSE_BURST),
-            control: TokenBucket::new(CONTROL_RATE, CONTROL_BURST),
-            moves: TokenBucket::new(MOVE_RATE, 2 * app.config.max_rooms as u32 + MOVE_SPARE),
-            reads: TokenBucket::new(READ_RATE, READ_BURST),
+            sends: TokenBucket::default(),
+            signals: TokenBucket::default(),
+            marks: TokenBucket::default(),
+            abuse: TokenBucket::default(),
+            control: TokenBucket::default(),
+            moves: TokenBucket::default(),
+            reads: TokenBucket::default(),
             in_a_row: 0,
             parting: Parting::Dropped,
             app,
@@ -311,9 +324,15 @@ impl Session {
         }
     }
 
+    /// The shape of the joins-and-leaves budget: every room of
+    /// `--max-rooms` joined and left once, and a spare, in a burst.
+    fn move_limit(&self) -> Limit {
+        Limit::new(MOVE_RATE, 2 * self.app.config.max_rooms as u32 + MOVE_SPARE)
+    }
+
     /// Counts a ping or pong from the client; too many close the connection.
     fn control_frame(&mut self) -> Result<(), Closed> {
-        if self.control.take() {
+        if self.control.take(CONTROL) {
             return Ok(());
         }
         log::info!("connection {}: too many pings; closing with 1008", self.id);
@@ -454,7 +473,7 @@ impl Session {
         room: Room,
         replay: Replay,
     ) -> Result<(), Closed> {
-        if !self.moves.take() {
+        if !self.moves.take(self.move_limit()) {
             return self.refuse(reference, too_many_moves()).await;
         }
         if !self.joined.contains(&room) && self.joined.len() >= self.app.config.max_rooms {
@@ -486,7 +505,7 @@ impl Session {
     }
 
     async fn leave(&mut self, reference: Option<&Ref>, room: Room) -> Result<(), Closed> {
-        if !self.moves.take() {
+        if !self.moves.take(self.move_limit()) {
             return self.refuse(reference, too_many_moves()).await;
         }
         if self.joined.remove(&room) {
@@ -504,7 +523,10 @@ impl Session {
         room: Room,
         change: Change,
     ) -> Result<(), Closed> {
-        if !self.sends.take() {
+        if !self
+            .sends
+            .take(Limit::new(self.app.config.rate, self.app.config.burst))
+        {
             let error = Error::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -537,7 +559,7 @@ impl Session {
         before: Option<u64>,
         limit: usize,
     ) -> Result<(), Closed> {
-        if !self.reads.take() {
+        if !self.reads.take(READS) {
             return self.refuse(reference, too_many_reads()).await;
         }
         let slice = match before {
@@ -557,7 +579,7 @@ impl Session {
         if !self.joined.contains(&room) {
             return self.refuse(reference, not_joined(&room)).await;
         }
-        if !self.signals.take() {
+        if !self.signals.take(SIGNALS) {
             let error = Error::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -585,7 +607,7 @@ impl Session {
         room: Room,
         id: u64,
     ) -> Result<(), Closed> {
-        if !self.marks.take() {
+        if !self.marks.take(MARKS) {
             let error = Error::new(
                 ErrorCode::RateLimited,
                 format!(
@@ -612,7 +634,7 @@ impl Session {
     }
 
     async fn presence(&mut self, reference: Option<&Ref>, room: Room) -> Result<(), Closed> {
-        if !self.reads.take() {
+        if !self.reads.take(READS) {
             return self.refuse(reference, too_many_reads()).await;
         }
         match self.app.store.presence.users(&room).await {
@@ -671,7 +693,7 @@ impl Session {
         self.app.metrics.refused(error.code);
         self.outbox.push(protocol::error(reference, &error)).await?;
         let blameless = matches!(error.code, ErrorCode::RateLimited | ErrorCode::Unavailable);
-        if !blameless && !self.abuse.take() {
+        if !blameless && !self.abuse.take(ABUSE) {
             log::info!(
                 "connection {}: too many bad requests; closing with 1008",
                 self.id

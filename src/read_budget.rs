@@ -13,14 +13,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use crate::bucket::TokenBucket;
+use crate::bucket::{Limit, TokenBucket};
 use crate::lock::lock;
 
 const MAX_ADDRESSES: usize = 10_000;
 
 pub struct ReadBudget {
-    rate: u32,
-    burst: u32,
+    limit: Limit,
     trusted: Vec<IpAddr>,
     buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
@@ -29,8 +28,7 @@ impl ReadBudget {
     /// `rate` reads a second, bursts of four times that, per client.
     pub fn new(rate: u32, trusted: Vec<IpAddr>) -> ReadBudget {
         ReadBudget {
-            rate,
-            burst: rate.saturating_mul(4),
+            limit: Limit::new(rate, rate.saturating_mul(4)),
             trusted,
             buckets: Mutex::new(HashMap::new()),
         }
@@ -56,10 +54,7 @@ impl ReadBudget {
                 buckets.clear();
             }
         }
-        buckets
-            .entry(client)
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
-            .take()
+        buckets.entry(client).or_default().take(self.limit)
     }
 }
 
