@@ -140,6 +140,7 @@ impl PresenceQueue {
     }
 
     /// Pending changes, held ones not counted.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
     }
@@ -150,6 +151,7 @@ impl PresenceQueue {
     }
 
     /// Held departures.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.len()
     }
