@@ -665,6 +665,7 @@ async fn run_fanout(env: Arc<Env>, fanout: Fanout) -> Result<Value> {
         let messages_per_second = fanout.rate as f64 / fanout.subscribers.max(1) as f64;
         Duration::from_secs_f64(fanout.publishers as f64 / messages_per_second)
     });
+    settle(&progress).await;
     let (cpu_before, redis_before) = env.cpu()?;
     let start = Instant::now();
     let start_us = micros();
@@ -992,6 +993,8 @@ async fn publish(mut conn: Conn, p: usize, plan: Plan) -> Result<Vec<u64>> {
 /// How far the subscribers have got, together.
 #[derive(Default)]
 struct Progress {
+    /// Frames of any kind read, for `settle`.
+    frames: AtomicU64,
     delivered: AtomicU64,
     /// When the latest delivery arrived, in `micros()`.
     last_us: AtomicU64,
@@ -1010,6 +1013,23 @@ struct Tally {
     repeats: u64,
     /// Why the connection ended before the run did.
     error: Option<String>,
+}
+
+/// Waits until the subscribers have read nothing for a second (at most a
+/// minute): parlor announces each join to the room's members, and the run
+/// measures the deliveries of messages, not the announcements of the joins
+/// before it (Socket.IO announces none).
+async fn settle(progress: &Progress) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = progress.frames.load(Ordering::Relaxed);
+    while Instant::now() < deadline {
+        task::sleep(Duration::from_secs(1)).await;
+        let now = progress.frames.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
 }
 
 /// Reads deliveries until `stopped` closes, checking each sequence as it goes.
@@ -1043,6 +1063,7 @@ async fn subscribe(
                 return tally;
             }
         };
+        progress.frames.fetch_add(1, Ordering::Relaxed);
         let Some(message) = conn.delivery(&text) else {
             continue;
         };

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_std::net::TcpStream;
 use async_tungstenite::tungstenite::error::CapacityError;
 use async_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use async_tungstenite::{WebSocketReceiver, WebSocketStream};
+use async_tungstenite::WebSocketStream;
 use futures_lite::{FutureExt, StreamExt};
 
 use crate::app::App;
@@ -34,6 +34,11 @@ use crate::outbox::{Closed, Outbox, GOING_AWAY, NORMAL, POLICY, TOO_BIG};
 use crate::protocol::{self, Decoded, Rejected, Replay, Request};
 use crate::rooms::{JoinError, Parting};
 use crate::sends::{self, Sends};
+use crate::wire::Wire;
+use crate::writer::Writer;
+
+/// The WebSocket as its reader holds it.
+type Socket = WebSocketStream<Wire>;
 
 /// How long a closing connection waits for its writer to finish and the
 /// client to answer the close.
@@ -83,24 +88,29 @@ pub struct Params {
     pub replay: Replay,
 }
 
-/// Serves one upgraded WebSocket until it closes: starts its writer task and
-/// returns the reader's future. Not an `async fn`, whose future would carry
-/// the whole `WebSocketStream` argument for the connection's life after
-/// splitting it.
-pub fn serve(
-    app: Arc<App>,
-    ws: WebSocketStream<TcpStream>,
-    params: Params,
-) -> impl Future<Output = ()> + Send {
-    let (outbox, writer) = Outbox::new(
+/// The outbox of a WebSocket on `socket`, at the configured limits, and its
+/// writer.
+pub fn outbox(app: &App, socket: TcpStream) -> (Outbox, Writer) {
+    Outbox::on_socket(
         app.config.outbox,
         app.config.outbox_bytes,
         app.config.patience(),
-    );
-    let (sender, receiver) = ws.split();
-    let writer = async_std::task::spawn(writer.run(sender));
+        socket,
+    )
+}
+
+/// Serves one upgraded WebSocket until it closes: starts its writer task and
+/// returns the reader's future. Not an `async fn`, whose future would carry
+/// its arguments twice for the connection's life.
+pub fn serve(
+    app: Arc<App>,
+    (outbox, writer): (Outbox, Writer),
+    ws: Socket,
+    params: Params,
+) -> impl Future<Output = ()> + Send {
+    let writer = async_std::task::spawn(writer.run());
     let opening = Box::pin(open(app, outbox, params));
-    read(opening, writer, receiver)
+    read(opening, writer, ws)
 }
 
 /// The start of a connection: counted, welcomed and joined to the URL's
@@ -132,7 +142,7 @@ async fn open(app: Arc<App>, outbox: Outbox, params: Params) -> (Session, bool) 
 fn read(
     opening: Pin<Box<impl Future<Output = (Session, bool)> + Send>>,
     writer: async_std::task::JoinHandle<()>,
-    mut receiver: WebSocketReceiver<TcpStream>,
+    mut receiver: Socket,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let (mut session, open) = opening.await;
@@ -233,7 +243,7 @@ impl Session {
     }
 
     /// Reads and handles frames until the connection is to close.
-    async fn run(&mut self, receiver: &mut WebSocketReceiver<TcpStream>) {
+    async fn run(&mut self, receiver: &mut Socket) {
         // Silence is answered with a ping; silence through a whole interval
         // after it means the peer is gone (a half-open connection).
         let ping_interval = Duration::from_millis(self.app.config.ping_interval_ms);
@@ -284,11 +294,7 @@ impl Session {
 
     /// Waits for whatever comes first: a frame, a stop, the timer, or the
     /// answer of the sends in flight.
-    async fn next(
-        &mut self,
-        receiver: &mut WebSocketReceiver<TcpStream>,
-        quiet_at: Instant,
-    ) -> Next {
+    async fn next(&mut self, receiver: &mut Socket, quiet_at: Instant) -> Next {
         // One timer for both deadlines: each costs an idle connection memory.
         let wake_at = self.expires_at.map_or(quiet_at, |at| at.min(quiet_at));
         let outbox = &self.outbox;
@@ -374,11 +380,7 @@ impl Session {
     /// still sends is read and dropped until it answers the close (dropping
     /// the socket with unread data would reset it, and the client might
     /// never see the close code).
-    async fn close(
-        mut self,
-        mut receiver: WebSocketReceiver<TcpStream>,
-        writer: async_std::task::JoinHandle<()>,
-    ) {
+    async fn close(mut self, mut receiver: Socket, writer: async_std::task::JoinHandle<()>) {
         let _ = Box::pin(self.settle()).await;
         for room in self.joined.drain() {
             self.app.rooms.leave(self.id, &room, self.parting);

@@ -48,3 +48,6 @@ pub mod sse;
 pub mod store;
 pub mod token;
 pub mod topology;
+pub mod wire;
+pub mod writer;
+pub mod ws_frame;

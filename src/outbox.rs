@@ -1,5 +1,15 @@
-//! A connection's outbox: the bounded queue of frames waiting for its socket,
-//! and the writer task that alone writes them.
+//! A connection's outbox: the bounded queue of frames waiting for its
+//! socket, and the rule of who writes them.
+//!
+//! A WebSocket's outbox writes a frame to the socket itself, at once, from
+//! the task that hands it over (the fan-out, or the connection's reader for
+//! its own answers), when nothing is queued before it and its writer task
+//! is idle: a delivery then costs one `send` and no task wake-up. What
+//! the socket does not take at once (all of it, or the rest of the frame) is
+//! queued, and the writer (`writer.rs`) writes it when the socket can take
+//! more; until the queue is empty again every frame goes behind it, so
+//! frames leave in the order they were handed over, and whole. The decision
+//! and the write are made under the outbox's lock.
 //!
 //! Fan-out must never wait for one slow client, so it only `offer`s: when a
 //! connection already has `limit` frames or `byte_limit` bytes queued, its
@@ -21,27 +31,25 @@
 //! reads slowly but reads is not taken for gone.
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::Message as WsMessage;
-use async_tungstenite::WebSocketSender;
+use async_std::net::TcpStream;
 use event_listener::Event;
-use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
-use futures_util::SinkExt;
+use futures_lite::{AsyncWrite, FutureExt};
 
 use crate::lock::lock;
 use crate::protocol::Frame;
+use crate::writer::{Batch, Writer};
+use crate::ws_frame::{self, Reply};
 
-/// How many queued frames a writer sends before it flushes the socket.
-const BATCH: usize = 64;
-/// How long a close frame may take to get out before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of replies to the client's control frames waiting for the
+/// writer: a client's pings are limited, so only a broken peer gets near.
+const CONTROL_BYTES: usize = 4096;
 
 /// Close codes parlor sends (PROTOCOL.md, "Close codes").
 pub const NORMAL: u16 = 1000;
@@ -63,6 +71,9 @@ pub struct Outbox(Arc<Shared>);
 
 struct Shared {
     state: Mutex<State>,
+    /// The WebSocket's socket, written at once while nothing is queued; an
+    /// event stream's outbox has none (its body takes the frames).
+    socket: Option<TcpStream>,
     /// Frames queued and not yet written, and their bytes, for the limits.
     queued: AtomicUsize,
     bytes: AtomicUsize,
@@ -83,6 +94,14 @@ struct Shared {
 #[derive(Default)]
 struct State {
     items: VecDeque<Item>,
+    /// Bytes of the first queued frame written already, by a write at once
+    /// that the socket took only part of.
+    front_written: usize,
+    /// Replies to the client's control frames (pongs), ahead of the frames.
+    control: Vec<u8>,
+    /// The writer holds frames it has not finished writing: whatever comes
+    /// now goes behind them.
+    busy: bool,
     /// Set once a close is requested; later frames are refused.
     closed: bool,
     /// A close that skips whatever is still queued, and its code and reason.
@@ -114,10 +133,36 @@ impl State {
 pub struct Closed;
 
 impl Outbox {
-    /// An outbox of at most `limit` frames and `byte_limit` bytes of them.
-    pub fn new(limit: usize, byte_limit: usize, patience: Duration) -> (Outbox, Writer) {
-        let outbox = Outbox(Arc::new(Shared {
+    /// An outbox of at most `limit` frames and `byte_limit` bytes of them,
+    /// taken one at a time by `poll_item` (an event stream's).
+    pub fn new(limit: usize, byte_limit: usize, patience: Duration) -> Outbox {
+        Outbox::of(limit, byte_limit, patience, None)
+    }
+
+    /// A WebSocket's outbox on its socket, and the writer task's side.
+    pub fn on_socket(
+        limit: usize,
+        byte_limit: usize,
+        patience: Duration,
+        socket: TcpStream,
+    ) -> (Outbox, Writer) {
+        let outbox = Outbox::of(limit, byte_limit, patience, Some(socket.clone()));
+        let writer = Writer {
+            outbox: outbox.clone(),
+            socket,
+        };
+        (outbox, writer)
+    }
+
+    fn of(
+        limit: usize,
+        byte_limit: usize,
+        patience: Duration,
+        socket: Option<TcpStream>,
+    ) -> Outbox {
+        Outbox(Arc::new(Shared {
             state: Mutex::new(State::default()),
+            socket,
             queued: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             limit,
@@ -126,11 +171,7 @@ impl Outbox {
             ping: AtomicBool::new(false),
             unblocked: AtomicU64::new(0),
             drained: Event::new(),
-        }));
-        let writer = Writer {
-            outbox: outbox.clone(),
-        };
-        (outbox, writer)
+        }))
     }
 
     /// Queues a frame without waiting. A connection whose queue is full (in
@@ -216,13 +257,68 @@ impl Outbox {
         true
     }
 
+    /// Writes a frame at once when nothing is before it, and queues for
+    /// the writer what the socket did not take.
     fn append(&self, state: &mut State, item: Item) {
         if let Item::Frame(frame) = &item {
+            if self.may_write_now(state) {
+                let written = self.write_now(frame);
+                if written == frame.wire().len() {
+                    return;
+                }
+                state.front_written = written;
+            }
             self.0.queued.fetch_add(1, Ordering::AcqRel);
             self.0.bytes.fetch_add(frame.len(), Ordering::AcqRel);
         }
         state.items.push_back(item);
         state.wake_writer();
+    }
+
+    /// Whether a frame may go to the socket now: nothing is queued or held
+    /// by the writer, and no ping or reply is due before it.
+    fn may_write_now(&self, state: &State) -> bool {
+        self.0.socket.is_some()
+            && !state.busy
+            && state.items.is_empty()
+            && state.control.is_empty()
+            && state.urgent.is_none()
+            && !self.0.ping.load(Ordering::Acquire)
+    }
+
+    /// Writes a frame without waiting (one `send`); how many of its bytes the socket
+    /// took (none if it is full or failed: the writer finds out which).
+    fn write_now(&self, frame: &Frame) -> usize {
+        let Some(socket) = &self.0.socket else {
+            return 0;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut &*socket).poll_write(&mut cx, frame.wire()) {
+            Poll::Ready(Ok(written)) => written,
+            Poll::Ready(Err(_)) | Poll::Pending => 0,
+        }
+    }
+
+    /// Takes what the connection's WebSocket library wrote while reading
+    /// (replies to the client's control frames): a pong goes out ahead of
+    /// the queued frames; a close answering the client's closes now.
+    pub fn control(&self, bytes: &[u8]) -> Result<(), Closed> {
+        match ws_frame::replies(bytes) {
+            Some(Reply::Close(code)) => {
+                self.close_now(code.unwrap_or(NORMAL), "");
+                Ok(())
+            }
+            Some(Reply::Control) => {
+                let mut state = lock(&self.0.state);
+                if state.closed || state.control.len() + bytes.len() > CONTROL_BYTES {
+                    return Err(Closed);
+                }
+                state.control.extend_from_slice(bytes);
+                state.wake_writer();
+                Ok(())
+            }
+            None => Err(Closed),
+        }
     }
 
     /// How many writes had to wait for the peer and then went through; if
@@ -292,30 +388,65 @@ impl Outbox {
         .await
     }
 
-    /// Takes everything queued into `into` (which is empty), waiting until
-    /// there is something. Once an urgent close was requested it takes
-    /// nothing more (`urgent_close` is ready then). Both buffers are given
-    /// back before waiting: a connection between bursts holds no queue space.
-    async fn take(&self, into: &mut VecDeque<Item>) {
+    /// Takes everything queued into the writer's `batch` (written out by
+    /// now), waiting until there is something; the writer is busy until it
+    /// comes back for more and finds nothing. Once an urgent close was
+    /// requested it takes nothing more (`urgent_close` is ready then). Both
+    /// queues are given back before waiting: a connection between bursts
+    /// holds no queue space.
+    pub async fn take(&self, batch: &mut Batch) {
         poll_fn(|cx| {
             let mut state = lock(&self.0.state);
             if state.urgent.is_some() {
                 return Poll::Pending;
             }
-            if self.0.ping.load(Ordering::Acquire) {
-                std::mem::swap(&mut state.items, into);
-                return Poll::Ready(());
-            }
-            if state.items.is_empty() {
-                *into = VecDeque::new();
+            let ping = self.0.ping.load(Ordering::Acquire);
+            if state.items.is_empty() && state.control.is_empty() && !ping {
+                state.busy = false;
+                batch.items = VecDeque::new();
+                batch.lead = Vec::new();
                 state.items = VecDeque::new();
                 state.writer = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            std::mem::swap(&mut state.items, into);
+            state.busy = true;
+            std::mem::swap(&mut state.items, &mut batch.items);
+            batch.front_at = std::mem::take(&mut state.front_written);
+            // Nothing goes between the parts of a frame written part way;
+            // the writer sends the ping at the next frame boundary then.
+            if batch.front_at == 0 {
+                std::mem::swap(&mut state.control, &mut batch.lead);
+            }
             Poll::Ready(())
         })
         .await
+    }
+
+    /// Hands the writer a frame written part way at once, if one is first
+    /// in the queue and the writer holds nothing: closing, the writer
+    /// finishes it before the close frame.
+    pub fn unfinished(&self, batch: &mut Batch) {
+        let mut state = lock(&self.0.state);
+        if batch.at_boundary() && state.front_written > 0 {
+            if let Some(item) = state.items.pop_front() {
+                batch.items.push_front(item);
+                batch.front_at = std::mem::take(&mut state.front_written);
+            }
+        }
+    }
+
+    /// Whether a ping is wanted, forgetting it: the writer sends it now.
+    pub fn ping_wanted(&self) -> bool {
+        self.0.ping.swap(false, Ordering::AcqRel)
+    }
+
+    pub fn patience(&self) -> Duration {
+        self.0.patience
+    }
+
+    /// Counts a write that had to wait for the peer and went through.
+    pub fn unblocked_once(&self) {
+        self.0.unblocked.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The next item for a writer that takes one at a time (the event
@@ -331,7 +462,7 @@ impl Outbox {
             Some(item) => {
                 drop(state);
                 if let Item::Frame(frame) = &item {
-                    self.taken(frame.len());
+                    self.taken(1, frame.len());
                 }
                 Poll::Ready(Some(item))
             }
@@ -343,12 +474,15 @@ impl Outbox {
         }
     }
 
-    /// Counts a frame of `len` bytes out, and wakes a waiting `push` once
-    /// the outbox is below half full (the notification costs an atomic load
+    /// Counts `frames` of `bytes` out, and wakes a waiting `push` once the
+    /// outbox is below half full (the notification costs an atomic load
     /// while nobody listens: idle connections never pay).
-    fn taken(&self, len: usize) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
-        self.0.bytes.fetch_sub(len, Ordering::AcqRel);
+    pub fn taken(&self, frames: usize, bytes: usize) {
+        if frames == 0 {
+            return;
+        }
+        self.0.queued.fetch_sub(frames, Ordering::AcqRel);
+        self.0.bytes.fetch_sub(bytes, Ordering::AcqRel);
         if !self.half_full() {
             self.0.drained.notify(usize::MAX);
         }
@@ -367,7 +501,7 @@ impl Outbox {
         self.0.drained.notify(usize::MAX);
     }
 
-    async fn urgent_close(&self) -> (u16, &'static str) {
+    pub async fn urgent_close(&self) -> (u16, &'static str) {
         poll_fn(|cx| {
             let mut state = lock(&self.0.state);
             match state.urgent {
@@ -389,92 +523,4 @@ pub enum Refused {
     Closed,
     /// The connection fell too far behind and is now being closed with 1013.
     TooSlow,
-}
-
-/// The receiving side: drains the outbox into the socket.
-pub struct Writer {
-    outbox: Outbox,
-}
-
-impl Writer {
-    /// Writes queued frames until the outbox closes or the socket fails. Frames
-    /// are sent in batches with one flush each, so a burst costs one syscall
-    /// rather than one per frame; a ping wanted goes out before the next
-    /// batch. A write that makes no progress for `patience` ends it.
-    pub async fn run<S>(self, mut socket: WebSocketSender<S>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let close = async {
-            // Swapped with the outbox's queue: the writer takes a whole burst
-            // under one lock, and while bursts follow each other the two
-            // buffers are reused.
-            let mut batch = VecDeque::new();
-            loop {
-                self.outbox.take(&mut batch).await;
-                let mut fed = 0;
-                self.ping_if_wanted(&mut socket).await?;
-                while let Some(item) = batch.pop_front() {
-                    match item {
-                        Item::Frame(frame) => {
-                            let len = frame.len();
-                            within(&self.outbox.0, socket.feed(WsMessage::Text(frame))).await?;
-                            self.outbox.taken(len);
-                        }
-                        Item::Close(code, reason) => return Some((code, reason)),
-                    }
-                    fed += 1;
-                    if fed % BATCH == 0 {
-                        within(&self.outbox.0, socket.flush()).await?;
-                        self.ping_if_wanted(&mut socket).await?;
-                    }
-                }
-                within(&self.outbox.0, socket.flush()).await?;
-            }
-        }
-        .or(async { Some(self.outbox.urgent_close().await) })
-        .await;
-        if let Some((code, reason)) = close {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            // Boxed, as it happens once: an idle writer carries none of it.
-            let closing = async_std::future::timeout(CLOSE_TIMEOUT, socket.close(Some(frame)));
-            let _ = Box::pin(closing).await;
-        }
-        self.outbox.writer_gone();
-    }
-
-    /// Feeds a ping if one is wanted; `None` if the socket failed.
-    async fn ping_if_wanted<S>(&self, socket: &mut WebSocketSender<S>) -> Option<()>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if self.outbox.0.ping.swap(false, Ordering::AcqRel) {
-            let ping = socket.feed(WsMessage::Ping(Default::default()));
-            within(&self.outbox.0, ping).await?;
-        }
-        Some(())
-    }
-}
-
-/// A write to the peer, given `patience`: `None` if it failed or took
-/// longer. One that had to wait and then went through is counted in
-/// `unblocked`.
-async fn within<E>(shared: &Shared, write: impl Future<Output = Result<(), E>>) -> Option<()> {
-    let mut write = std::pin::pin!(write);
-    let mut waited = false;
-    let counted = poll_fn(|cx| {
-        let poll = write.as_mut().poll(cx);
-        waited |= poll.is_pending();
-        poll
-    });
-    let result = async_std::future::timeout(shared.patience, counted)
-        .await
-        .ok()?;
-    if waited && result.is_ok() {
-        shared.unblocked.fetch_add(1, Ordering::AcqRel);
-    }
-    result.ok()
 }

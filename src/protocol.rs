@@ -7,16 +7,73 @@
 //! `ref`. Client frames are rare next to deliveries, so this costs nothing that
 //! matters; server frames, which fan out, are encoded straight to bytes.
 
+use bytes::{Buf, Bytes};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::fields::{Emoji, Ref, Room, Text, User};
 use crate::log::{Epoch, Event, Fold, Record};
+use crate::ws_frame;
 
-/// An encoded server frame: UTF-8 JSON, cheap to clone, so one encoding of a
-/// message is shared by every recipient on this instance.
-pub type Frame = async_tungstenite::tungstenite::Utf8Bytes;
+/// An encoded server frame: UTF-8 JSON behind its WebSocket header, in one
+/// buffer that is cheap to clone, so one encoding of a message is shared by
+/// every recipient on this instance and goes to each socket in one `send`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// The JSON text (what an event stream sends, and what Redis carries).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.text()).expect("a frame is made from text")
+    }
+
+    /// The JSON text's bytes.
+    pub fn text(&self) -> &[u8] {
+        &self.0[ws_frame::header_len(&self.0)..]
+    }
+
+    /// Bytes of JSON text.
+    pub fn len(&self) -> usize {
+        self.text().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text().is_empty()
+    }
+
+    /// The whole WebSocket frame, header and text.
+    pub fn wire(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Frames text written after `ws_frame::HEADER_ROOM` bytes left free
+    /// at the front of `buffer`: the header goes right before it, no copy.
+    fn framed(mut buffer: Vec<u8>) -> Frame {
+        let len = buffer.len() - ws_frame::HEADER_ROOM;
+        let (head, used) = ws_frame::text_header(len);
+        let start = ws_frame::HEADER_ROOM - used;
+        buffer[start..ws_frame::HEADER_ROOM].copy_from_slice(&head[..used]);
+        let mut bytes = Bytes::from(buffer);
+        bytes.advance(start);
+        Frame(bytes)
+    }
+}
+
+impl From<&str> for Frame {
+    fn from(text: &str) -> Frame {
+        let mut buffer = Vec::with_capacity(ws_frame::HEADER_ROOM + text.len());
+        buffer.resize(ws_frame::HEADER_ROOM, 0);
+        buffer.extend_from_slice(text.as_bytes());
+        Frame::framed(buffer)
+    }
+}
+
+impl From<String> for Frame {
+    fn from(text: String) -> Frame {
+        Frame::from(text.as_str())
+    }
+}
 
 /// Limits that decoding enforces; they come from the command line.
 #[derive(Clone, Debug)]
@@ -355,9 +412,9 @@ impl Fields<'_> {
 }
 
 fn encode(value: &impl Serialize) -> Frame {
-    serde_json::to_string(value)
-        .expect("server frames always serialize")
-        .into()
+    let mut buffer = vec![0; ws_frame::HEADER_ROOM];
+    serde_json::to_writer(&mut buffer, value).expect("server frames always serialize");
+    Frame::framed(buffer)
 }
 
 pub fn welcome(user: &User, instance: &str, connection: &str) -> Frame {
@@ -655,6 +712,21 @@ pub fn error(reference: Option<&Ref>, error: &Error) -> Frame {
 mod tests {
     use super::*;
     use crate::error::ErrorCode;
+
+    #[test]
+    fn a_frame_is_its_text_behind_the_websocket_header_for_its_length() {
+        for len in [0, 1, 125, 126, 65_535, 65_536, 70_000] {
+            let text = "y".repeat(len);
+            let frame = Frame::from(text.as_str());
+            let (head, used) = ws_frame::text_header(len);
+            assert_eq!(&frame.wire()[..used], &head[..used], "header of {len}");
+            assert_eq!(frame.as_str(), text);
+            assert_eq!(frame.len(), len);
+        }
+        let encoded = encode(&serde_json::json!({"type": "x"}));
+        assert_eq!(encoded.as_str(), r#"{"type":"x"}"#);
+        assert_eq!(encoded.wire()[..2], [0x81, 12]);
+    }
 
     fn limits() -> Limits {
         Limits {

@@ -29,6 +29,7 @@ use crate::protocol;
 use crate::query::Query;
 use crate::room_api;
 use crate::sse::{self, EventStream};
+use crate::wire::Wire;
 
 /// A response body: whole, or an event stream.
 pub type Body = Either<Full<Bytes>, EventStream>;
@@ -424,16 +425,18 @@ async fn websocket(
     let hyper::upgrade::Parts { io, read_buf, .. } = parts;
     let early = read_buf.to_vec();
     drop(read_buf);
-    let ws = WebSocketStream::from_partially_read(
-        io.into_inner().into_inner(),
-        early,
-        Role::Server,
-        Some(config),
-    )
-    .await;
+    let socket = io.into_inner().into_inner();
+    let (outbox, writer) = connection::outbox(&app, socket.clone());
+    // The reader's side: the outbox takes what tungstenite writes (pongs,
+    // the answer to a close), and writes all the rest itself.
+    let wire = Wire {
+        socket,
+        outbox: outbox.clone(),
+    };
+    let ws = WebSocketStream::from_partially_read(wire, early, Role::Server, Some(config)).await;
     // A task of its own: this one's state (the upgrade) is freed now, not
     // carried for the connection's whole life.
-    let served = connection::serve(app, ws, params);
+    let served = connection::serve(app, (outbox, writer), ws, params);
     // Added to the connections by now: no longer an upgrade in flight.
     drop(counted);
     async_std::task::spawn(served);

@@ -68,7 +68,7 @@ pub fn events(
         ));
     }
     app.room_for_one_more()?;
-    let (outbox, _writer) = Outbox::new(
+    let outbox = Outbox::new(
         app.config.outbox,
         app.config.outbox_bytes,
         app.config.patience(),
