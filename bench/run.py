@@ -1444,7 +1444,10 @@ def document(run, results, clusters, floor, sizes, mode, about, minutes):
         {sizes['publishers']} publishers sending to the rooms in turn. At maximum rate each publisher
         keeps {WINDOW} sends in flight for {sizes['saturation_seconds']} s; at the fixed rates ({rates}
         deliveries/s) the sends are paced by the clock for {sizes['rate_seconds']} s each, whatever
-        the acks do, so that a server that cannot keep up shows it as latency.""")
+        the acks do, so that a server that cannot keep up shows it as latency. A run starts once the
+        subscribers have read nothing for a second: parlor announces each join to the room's members
+        (Socket.IO announces none), and the figures are of message deliveries, not of those
+        announcements.""")
     failures = "".join(f"\n- {failure}" for failure in run.failures)
     failures = f"\n## Failures\n{failures}\n" if failures else ""
     notes = "\n".join(

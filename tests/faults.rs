@@ -286,7 +286,10 @@ async fn sigterm_answers_what_it_read_closes_with_1001_and_exits_0() {
 async fn a_message_is_shown_and_acked_only_once_a_replica_holds_it() {
     let master = Redis::start();
     let replica = master.replica();
-    let a = instance(&master, &[]);
+    // WAIT has half of --redis-timeout-ms; at the suite's 500 ms, a replica
+    // that the loaded machine schedules late (the whole suite runs at once)
+    // once missed it for an ordinary send. The default gives it a second.
+    let a = on_redis(&master, &["--redis-timeout-ms", "2000"]);
     let mut members = live_members(&[&a], "w").await;
     let (mut sender, _) = Client::welcomed(&a.ws_url("?user=sender")).await;
     assert_eq!(sender.say("w", "first").await, 1);
