@@ -357,8 +357,10 @@ impl Session {
                     Error::bad_request("binary frames are not supported; send JSON text frames");
                 Box::pin(self.refuse(None, error)).await
             }
-            Ok(WsMessage::Close(_)) => {
+            Ok(WsMessage::Close(frame)) => {
                 self.parting = Parting::Goodbye;
+                self.outbox
+                    .answer_close(frame.map(|frame| u16::from(frame.code)));
                 Err(Closed)
             }
             Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => self.control_frame(),

@@ -301,13 +301,11 @@ impl Outbox {
 
     /// Takes what the connection's WebSocket library wrote while reading
     /// (replies to the client's control frames): a pong goes out ahead of
-    /// the queued frames; a close answering the client's closes now.
+    /// the queued frames; its answer to a close is dropped, since the
+    /// connection answers the close itself (`answer_close`).
     pub fn control(&self, bytes: &[u8]) -> Result<(), Closed> {
         match ws_frame::replies(bytes) {
-            Some(Reply::Close(code)) => {
-                self.close_now(code.unwrap_or(NORMAL), "");
-                Ok(())
-            }
+            Some(Reply::Close) => Ok(()),
             Some(Reply::Control) => {
                 let mut state = lock(&self.0.state);
                 if state.closed || state.control.len() + bytes.len() > CONTROL_BYTES {
@@ -346,6 +344,12 @@ impl Outbox {
         state.wake_reader();
         drop(state);
         self.0.drained.notify(usize::MAX);
+    }
+
+    /// Answers the client's close frame: at once, with its code (RFC 6455,
+    /// 5.5.1), and nothing more after it.
+    pub fn answer_close(&self, code: Option<u16>) {
+        self.close_now(code.unwrap_or(NORMAL), "");
     }
 
     /// Closes the connection at once, dropping what is still queued.

@@ -1,8 +1,9 @@
 //! The socket as a WebSocket's reader sees it: reads come from the TCP
-//! stream, and what the WebSocket library writes while reading (its
-//! replies to the client's pings and close) goes to the connection's
-//! outbox, so that only the outbox and its writer write the socket and no
-//! reply lands inside a frame being written.
+//! stream, and what the WebSocket library writes while reading (its pongs,
+//! and its answer to a client's close, which the outbox drops because the
+//! connection answers the close itself) goes to the connection's outbox,
+//! so that only the outbox and its writer write the socket and no reply
+//! lands inside a frame being written.
 
 use std::io;
 use std::pin::Pin;

@@ -69,9 +69,9 @@ pub fn close(code: u16, reason: &str) -> Vec<u8> {
 pub enum Reply {
     /// Control frames to write as they are (pongs).
     Control,
-    /// A close frame answering the client's, with the client's code when it
-    /// gave one: the connection is to close now.
-    Close(Option<u16>),
+    /// A close frame answering the client's (the connection's reader
+    /// answers that itself, with the outbox's close).
+    Close,
 }
 
 /// Reads what the library wrote: whole, unmasked control frames. `None` if
@@ -86,8 +86,7 @@ pub fn replies(mut bytes: &[u8]) -> Option<Reply> {
             return None;
         }
         if first & 0x0f == CLOSE {
-            let code = (len >= 2).then(|| u16::from_be_bytes([rest[0], rest[1]]));
-            reply = Reply::Close(code);
+            reply = Reply::Close;
         }
         bytes = &rest[len..];
     }
@@ -144,11 +143,8 @@ mod tests {
         assert_eq!(replies(&pong), Some(Reply::Control));
         let mut both = pong.clone();
         both.extend(close(1001, "bye"));
-        assert_eq!(replies(&both), Some(Reply::Close(Some(1001))));
-        assert_eq!(
-            replies(&encoded(Frame::close(None))),
-            Some(Reply::Close(None))
-        );
+        assert_eq!(replies(&both), Some(Reply::Close));
+        assert_eq!(replies(&encoded(Frame::close(None))), Some(Reply::Close));
         assert_eq!(replies(&pong[..pong.len() - 1]), None, "a cut frame");
         let text = encoded(Frame::message("hi", OpCode::Data(Data::Text), true));
         assert_eq!(replies(&text), None, "not a control frame");

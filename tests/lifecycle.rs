@@ -8,6 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::Message;
 use common::event_stream::Stream;
 use common::{get, Client, Server};
 use serde_json::json;
@@ -476,4 +479,47 @@ async fn many_hostile_clients_stay_under_the_memory_formula() {
         "grew {grown} bytes, over the formula's {formula}"
     );
     drop(sockets);
+}
+
+#[async_std::test]
+async fn pings_are_answered_amid_deliveries_and_a_close_with_its_code() {
+    let server = Server::start(&["--rate", "100000", "--burst", "100000"]);
+    let (mut member, _) = Client::welcomed(&server.ws_url("?user=member")).await;
+    member.join(json!({"type":"join","room":"p"})).await;
+    let (mut sender, _) = Client::welcomed(&server.ws_url("?user=sender")).await;
+    let publishing = async_std::task::spawn(async move {
+        for i in 0..300 {
+            sender.say("p", &format!("m{i}")).await;
+        }
+    });
+    // Each pong must come whole, between two frames, with its ping's data;
+    // a reply written into a frame would break the stream for the client.
+    for n in 0..5u8 {
+        member.send_raw(Message::Ping(vec![n; 8].into())).await;
+        async_std::task::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut ids, mut pongs) = (Vec::new(), Vec::new());
+    while ids.len() < 300 || pongs.len() < 5 {
+        match member.next_message().await {
+            Message::Text(text) => {
+                let frame: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                if frame["type"] == "message" {
+                    ids.push(frame["id"].as_u64().unwrap());
+                }
+            }
+            Message::Pong(data) => pongs.push(data.to_vec()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    publishing.await;
+    assert_eq!(ids, (1..=300).collect::<Vec<_>>());
+    assert_eq!(pongs, (0..5u8).map(|n| vec![n; 8]).collect::<Vec<_>>());
+    // A close is answered with the client's own code.
+    member
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4001),
+            reason: "bye".into(),
+        })))
+        .await;
+    assert_eq!(member.closed().await, 4001);
 }
