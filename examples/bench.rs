@@ -46,6 +46,8 @@ use serde_json::{json, Value};
 
 #[path = "common/procfs.rs"]
 mod procfs;
+#[path = "common/quiet.rs"]
+mod quiet;
 #[path = "common/scan.rs"]
 mod scan;
 use procfs::status_kib;
@@ -665,7 +667,9 @@ async fn run_fanout(env: Arc<Env>, fanout: Fanout) -> Result<Value> {
         let messages_per_second = fanout.rate as f64 / fanout.subscribers.max(1) as f64;
         Duration::from_secs_f64(fanout.publishers as f64 / messages_per_second)
     });
-    settle(&progress).await;
+    // Joins are announced to the rooms' members (Socket.IO announces
+    // none): the run measures the messages' deliveries after them.
+    quiet::quiet(&progress.frames, Duration::from_secs(60)).await;
     let (cpu_before, redis_before) = env.cpu()?;
     let start = Instant::now();
     let start_us = micros();
@@ -993,7 +997,7 @@ async fn publish(mut conn: Conn, p: usize, plan: Plan) -> Result<Vec<u64>> {
 /// How far the subscribers have got, together.
 #[derive(Default)]
 struct Progress {
-    /// Frames of any kind read, for `settle`.
+    /// Frames of any kind read, to wait until they are quiet.
     frames: AtomicU64,
     delivered: AtomicU64,
     /// When the latest delivery arrived, in `micros()`.
@@ -1013,23 +1017,6 @@ struct Tally {
     repeats: u64,
     /// Why the connection ended before the run did.
     error: Option<String>,
-}
-
-/// Waits until the subscribers have read nothing for a second (at most a
-/// minute): parlor announces each join to the room's members, and the run
-/// measures the deliveries of messages, not the announcements of the joins
-/// before it (Socket.IO announces none).
-async fn settle(progress: &Progress) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = progress.frames.load(Ordering::Relaxed);
-    while Instant::now() < deadline {
-        task::sleep(Duration::from_secs(1)).await;
-        let now = progress.frames.load(Ordering::Relaxed);
-        if now == seen {
-            return;
-        }
-        seen = now;
-    }
 }
 
 /// Reads deliveries until `stopped` closes, checking each sequence as it goes.

@@ -39,6 +39,8 @@ use async_tungstenite::WebSocketStream;
 use futures_lite::{future, StreamExt};
 use serde_json::{json, Value};
 
+#[path = "common/quiet.rs"]
+mod quiet;
 #[path = "common/scan.rs"]
 mod scan;
 use scan::number_after;
@@ -155,7 +157,9 @@ async fn run(args: Args) -> Result<Value> {
     let ctx = Arc::new(context(&args)?);
     let started = Instant::now();
     let members = start_members(&ctx, &args).await?;
-    settle(&ctx).await;
+    // The storm starts once the members' first joins are announced: a
+    // million `member` frames for 10,000 members in rooms of 100.
+    quiet::quiet(&ctx.frames, Duration::from_secs(120)).await;
     let mut connections = Vec::new();
     for p in 0..ctx.publishers {
         connections.push(connect_publisher(&ctx, p).await?);
@@ -379,23 +383,6 @@ async fn start_members(ctx: &Arc<Ctx>, args: &Args) -> Result<Vec<task::JoinHand
         task::sleep(Duration::from_millis(50)).await;
     }
     Ok(members)
-}
-
-/// Waits until the members' first joins are quiet: no frame for a second,
-/// so that the storm does not start while a server still announces them
-/// (parlor tells each room's members of each join: a million `member`
-/// frames for 10,000 members in rooms of 100), at most two minutes.
-async fn settle(ctx: &Ctx) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut seen = ctx.frames.load(Ordering::Acquire);
-    while Instant::now() < deadline {
-        task::sleep(Duration::from_secs(1)).await;
-        let now = ctx.frames.load(Ordering::Acquire);
-        if now == seen {
-            return;
-        }
-        seen = now;
-    }
 }
 
 /// Follows the member's room until told to stop: joins once (through
