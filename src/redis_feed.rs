@@ -481,8 +481,12 @@ impl FeedTask {
             log::warn!("Redis node {addr} refused a live feed request: {error}");
         }
         link.answered();
+        // One line per refused command, however many rooms it carried.
+        if let Some(first) = rooms.first() {
+            let count = rooms.len();
+            log::info!("Redis node {addr} refused the subscription of {count} room(s), {first} first ({error}); reading the topology again");
+        }
         for room in rooms {
-            log::info!("Redis node {addr} refused room {room}'s subscription ({error}); reading the topology again");
             if self.wanted.get(&room).is_some_and(|w| w.link == Some(id)) {
                 self.unplaced(&room, error);
             }
