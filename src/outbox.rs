@@ -261,8 +261,8 @@ impl Outbox {
     /// the writer what the socket did not take.
     fn append(&self, state: &mut State, item: Item) {
         if let Item::Frame(frame) = &item {
-            if self.may_write_now(state) {
-                let written = self.write_now(frame);
+            if let Some(socket) = self.free_socket(state) {
+                let written = write_now(socket, frame);
                 if written == frame.wire().len() {
                     return;
                 }
@@ -275,28 +275,15 @@ impl Outbox {
         state.wake_writer();
     }
 
-    /// Whether a frame may go to the socket now: nothing is queued or held
+    /// The socket, if a frame may go to it now: nothing is queued or held
     /// by the writer, and no ping or reply is due before it.
-    fn may_write_now(&self, state: &State) -> bool {
-        self.0.socket.is_some()
-            && !state.busy
+    fn free_socket(&self, state: &State) -> Option<&TcpStream> {
+        let free = !state.busy
             && state.items.is_empty()
             && state.control.is_empty()
             && state.urgent.is_none()
-            && !self.0.ping.load(Ordering::Acquire)
-    }
-
-    /// Writes a frame without waiting (one `send`); how many of its bytes the socket
-    /// took (none if it is full or failed: the writer finds out which).
-    fn write_now(&self, frame: &Frame) -> usize {
-        let Some(socket) = &self.0.socket else {
-            return 0;
-        };
-        let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(&mut &*socket).poll_write(&mut cx, frame.wire()) {
-            Poll::Ready(Ok(written)) => written,
-            Poll::Ready(Err(_)) | Poll::Pending => 0,
-        }
+            && !self.0.ping.load(Ordering::Acquire);
+        self.0.socket.as_ref().filter(|_| free)
     }
 
     /// Takes what the connection's WebSocket library wrote while reading
@@ -517,6 +504,16 @@ impl Outbox {
             }
         })
         .await
+    }
+}
+
+/// Writes a frame without waiting (one `send`); how many of its bytes the
+/// socket took (none if it is full or failed: the writer finds out which).
+fn write_now(socket: &TcpStream, frame: &Frame) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut &*socket).poll_write(&mut cx, frame.wire()) {
+        Poll::Ready(Ok(written)) => written,
+        Poll::Ready(Err(_)) | Poll::Pending => 0,
     }
 }
 
