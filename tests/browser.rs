@@ -153,6 +153,18 @@ impl Page<'_> {
         );
     }
 
+    /// Submits each text in turn from one script: they leave in one burst,
+    /// however slow the machine.
+    fn say_at_once(&self, texts: &[&str]) {
+        self.eval(&format!(
+            "for (const text of {}) {{\
+               document.getElementById('text').value = text;\
+               document.getElementById('composer').requestSubmit();\
+             }}",
+            json!(texts)
+        ));
+    }
+
     fn say(&self, text: &str) {
         self.eval(&format!(
             "document.getElementById('text').value = {}; document.getElementById('composer').requestSubmit();",
@@ -391,15 +403,9 @@ async fn a_refused_message_shows_its_error_and_can_be_retried() {
     let page = driver.page("retry");
     page.open(&format!("http://{}/", server.addr));
     page.log_in("rita");
-    // Both in one script, so the second follows the first within the
-    // second that the bucket (one a second) takes to refill, however slow
-    // the machine.
-    page.eval(
-        "for (const text of ['first', 'second, too soon']) {\
-           document.getElementById('text').value = text;\
-           document.getElementById('composer').requestSubmit();\
-         }",
-    );
+    // Both at once, so the second follows the first within the second
+    // that the bucket (one a second) takes to refill.
+    page.say_at_once(&["first", "second, too soon"]);
     page.wait_for_text("first");
     page.wait_for(
         "the refusal to show",
@@ -869,15 +875,9 @@ async fn a_refused_send_offers_edit_and_discard_and_the_box_counts_bytes() {
     let page = driver.page("refused");
     page.open(&format!("http://{}/", server.addr));
     page.log_in("rita");
-    // Both in one script, so the second follows the first within the
-    // second that the bucket (one a second) takes to refill, however slow
-    // the machine.
-    page.eval(
-        "for (const text of ['first', 'second, too soon']) {\
-           document.getElementById('text').value = text;\
-           document.getElementById('composer').requestSubmit();\
-         }",
-    );
+    // Both at once, so the second follows the first within the second
+    // that the bucket (one a second) takes to refill.
+    page.say_at_once(&["first", "second, too soon"]);
     page.wait_for(
         "the refusal",
         "document.querySelector('#outgoing li.failed .failure')",
@@ -898,8 +898,12 @@ async fn a_refused_send_offers_edit_and_discard_and_the_box_counts_bytes() {
         page.eval("return [document.getElementById('text').value, document.activeElement.id, document.querySelectorAll('#outgoing li').length];"),
         json!(["second, too soon", "text", 0])
     );
-    // Discard drops it and gives the focus back to the box.
-    page.say("third, too soon");
+    // Discard drops it and gives the focus back to the box. The bucket holds
+    // one send at most: a second after the steps above (which may take
+    // longer than that on a loaded machine) it has exactly one, so of two
+    // sends at once the second is refused.
+    std::thread::sleep(Duration::from_millis(1100));
+    page.say_at_once(&["third", "fourth, too soon"]);
     page.wait_for(
         "the refusal",
         "document.querySelector('#outgoing li.failed .discard')",
