@@ -79,9 +79,8 @@ pub struct RoomOrder<S> {
     /// A reuse of an id was found: what the next read tells the store about
     /// that id, so that it compares and starts a new epoch.
     tell: Option<Seen>,
-    /// A repair read is on its way; the value is the highest id announced
-    /// meanwhile in the cursor's epoch.
-    repair: Option<u64>,
+    /// A repair read is on its way.
+    repair: Option<Repairing>,
     members: HashMap<ConnId, Member<S>>,
     /// Live connections per user: a user arrives with its first and
     /// departs with its last.
@@ -105,6 +104,17 @@ enum State {
         after: u64,
     },
     Joining(Box<Join>),
+}
+
+/// A repair in progress: what its read in flight may not have seen.
+#[derive(Clone, Copy, Default)]
+struct Repairing {
+    /// The highest id announced while the read was on its way, in the
+    /// cursor's epoch.
+    announced: u64,
+    /// The feed lost deliveries after the read left: the store may hold
+    /// events the read did not see and no later delivery will announce.
+    feed_lost: bool,
 }
 
 /// A join in progress.
@@ -590,6 +600,9 @@ impl<S: Sink> RoomOrder<S> {
                 join.stale = true;
             }
         }
+        if let Some(repairing) = &mut self.repair {
+            repairing.feed_lost = true;
+        }
         self.want_repair(0).repair
     }
 
@@ -597,7 +610,7 @@ impl<S: Sink> RoomOrder<S> {
     fn want_repair(&mut self, target: u64) -> Delivered {
         let repair = self.start_repair();
         if let Some(current) = &mut self.repair {
-            *current = (*current).max(target);
+            current.announced = current.announced.max(target);
         }
         Delivered {
             repair,
@@ -611,7 +624,7 @@ impl<S: Sink> RoomOrder<S> {
             return None;
         }
         let after = self.cursor.as_ref()?.id;
-        self.repair = Some(0);
+        self.repair = Some(Repairing::default());
         Some(self.read(Slice::oldest_after(after, self.limits.page)))
     }
 
@@ -669,10 +682,14 @@ impl<S: Sink> RoomOrder<S> {
             skipped: None,
             new_epoch: None,
         };
-        let (Some(target), Some(cursor)) = (self.repair, self.cursor.clone()) else {
+        let (Some(repairing), Some(cursor)) = (self.repair.as_mut(), self.cursor.clone()) else {
             self.repair = None;
             return repaired;
         };
+        // Every step but `Done` makes a read after this one, so that read
+        // comes after the loss.
+        let lost = std::mem::take(&mut repairing.feed_lost);
+        let announced = repairing.announced;
         let page_size = self.limits.page;
         let Ok(page) = page else {
             repaired.step = RepairStep::Retry(self.read(Slice::oldest_after(cursor.id, page_size)));
@@ -711,9 +728,9 @@ impl<S: Sink> RoomOrder<S> {
         }
         let last = self.cursor.as_ref().map_or(0, |c| c.id);
         let next = self.read(Slice::oldest_after(last, page_size));
-        repaired.step = if last < page.head {
+        repaired.step = if last < page.head || lost {
             RepairStep::Read(next)
-        } else if last < target {
+        } else if last < announced {
             // An id was announced while this read was on its way, and was
             // left to the repair: it is read again rather than lost.
             RepairStep::ReadSoon(next)
@@ -762,7 +779,10 @@ impl<S: Sink> RoomOrder<S> {
         });
         self.handed.note(&page.epoch, page.head, page.head_nonce);
         self.tell = None;
-        self.repair = Some(page.head);
+        self.repair = Some(Repairing {
+            announced: page.head,
+            feed_lost: false,
+        });
     }
 }
 
