@@ -9,6 +9,8 @@
 //! whose connection was replaced: the rooms' order (`order.rs`) needs no
 //! more than that to deliver every event once, in order.
 
+use std::sync::{Arc, OnceLock};
+
 use futures_util::future::BoxFuture;
 
 use crate::fields::Room;
@@ -43,6 +45,31 @@ pub enum FeedEvent {
     /// Deliveries to this room may have been lost: it must read what it
     /// missed from history before delivering on.
     Repair(Room),
+}
+
+/// Where the live feed hands its events: the rooms, which set it once
+/// they exist. A feed calls it from the task that has the event, so a
+/// delivery reaches its room's members with no hop to another task. Until
+/// it is set nothing has subscribed, so an event before it has no member
+/// to reach.
+#[derive(Clone, Default)]
+pub struct Events(Arc<OnceLock<Handler>>);
+
+/// What the rooms do with one event of the feed.
+type Handler = Box<dyn Fn(FeedEvent) + Send + Sync>;
+
+impl Events {
+    pub fn set(&self, handler: impl Fn(FeedEvent) + Send + Sync + 'static) {
+        if self.0.set(Box::new(handler)).is_err() {
+            log::error!("the live feed's events were given a second handler, which is ignored");
+        }
+    }
+
+    pub fn send(&self, event: FeedEvent) {
+        if let Some(handler) = self.0.get() {
+            handler(event);
+        }
+    }
 }
 
 /// The live feed, as the rooms use it.

@@ -127,7 +127,7 @@ async fn run(mut config: Config) -> Result<(), String> {
     };
 
     let metrics = Metrics::default();
-    let (store, feed) = match &config.redis {
+    let store = match &config.redis {
         None => Store::memory(config.history, config.retention, config.ref_memory),
         Some(url) => {
             let connect = RedisOptions {
@@ -157,8 +157,10 @@ async fn run(mut config: Config) -> Result<(), String> {
         ),
         Some(_) => {}
     }
+    let events = store.events.clone();
     let app = Arc::new(App::new(config, store, metrics));
-    async_std::task::spawn(app.rooms.clone().run_feed(feed));
+    let rooms = app.rooms.clone();
+    events.set(move |event| rooms.on_feed(event));
 
     let draining = app.clone();
     async_std::task::spawn(async move {

@@ -5,7 +5,7 @@
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::feed::{Feed, FeedEvent, Signal};
+use crate::feed::{Events, Feed, FeedEvent, Signal};
 use crate::fields::Room;
 use crate::log::StoreError;
 
@@ -18,10 +18,22 @@ pub struct MemoryFeed {
 }
 
 impl MemoryFeed {
-    /// The feed and the receiving end the rooms read.
+    /// The feed and its receiving end.
     pub fn new() -> (MemoryFeed, async_channel::Receiver<FeedEvent>) {
         let (sender, receiver) = async_channel::bounded(CAPACITY);
         (MemoryFeed { sender }, receiver)
+    }
+
+    /// The feed, with a task that hands its events to `events` in the
+    /// order they were sent.
+    pub fn start(events: Events) -> MemoryFeed {
+        let (feed, receiver) = MemoryFeed::new();
+        async_std::task::spawn(async move {
+            while let Ok(event) = receiver.recv().await {
+                events.send(event);
+            }
+        });
+        feed
     }
 
     /// Hands an event to the rooms, waiting while they are behind. The

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::redis_commands::{Commands, Connect, Connection};
 use crate::redis_keys::Keys;
 use crate::redis_writers::Writers;
+use crate::resp::Login;
 use crate::topology::Topology;
 
 /// What connecting needs to know.
@@ -48,9 +49,9 @@ pub struct Redis {
     pub health: Arc<Health>,
     /// The URL without its password, for logs.
     pub url: String,
-    /// The URL's user and password, for the feed's own connections.
-    pub username: Option<String>,
-    pub password: Option<String>,
+    /// The URL's user, password and database, for parlor's own
+    /// connections (the live feed's and the appends').
+    pub login: Login,
 }
 
 /// What the Redis parts and their background tasks share: readiness for
@@ -121,7 +122,7 @@ impl Redis {
             },
             topology.shards().len()
         );
-        let settings = clients[0].get_connection_info().redis_settings();
+        let login = Login::of(clients[0].get_connection_info().redis_settings());
         let health = Arc::new(Health {
             commands: AtomicBool::new(true),
             feed: AtomicBool::new(true),
@@ -136,15 +137,14 @@ impl Redis {
         ));
         Ok(Redis {
             commands,
-            writers: Writers::new(&clients[0], timeout),
+            writers: Writers::new(login.clone()),
             keys: Keys::new(prefix),
             timeout,
             probe,
             cluster,
             health,
             url: shown,
-            username: settings.username().map(str::to_owned),
-            password: settings.password().map(str::to_owned),
+            login,
         })
     }
 

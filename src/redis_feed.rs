@@ -20,17 +20,19 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_std::io::{BufReader, ReadExt, WriteExt};
+use async_std::io::{BufReader, WriteExt};
 use async_std::net::TcpStream;
-use futures_lite::{AsyncBufReadExt, FutureExt};
+use futures_lite::FutureExt;
+use redis::Value;
 
 use futures_util::future::BoxFuture;
 
-use crate::feed::{Delivery, Feed, FeedEvent, Signal};
+use crate::feed::{Delivery, Events, Feed, FeedEvent, Signal};
 use crate::fields::Room;
 use crate::log::{Epoch, Event, StoreError};
 use crate::redis::Redis;
 use crate::redis_keys::Keys;
+use crate::resp;
 use crate::topology::{slot_of, Topology};
 
 /// How often unplaced rooms are retried and the topology may be re-read.
@@ -39,12 +41,6 @@ const TICK: Duration = Duration::from_millis(100);
 const REASSERT: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
-/// A reply line or payload larger than this ends the connection: nothing
-/// parlor publishes comes near it.
-const MAX_REPLY: usize = 16 << 20;
-
-/// How many feed events wait for the rooms before the links wait.
-const CAPACITY: usize = 1024;
 
 enum Command {
     Subscribe(Room, async_channel::Sender<Result<(), StoreError>>),
@@ -58,16 +54,15 @@ pub struct RedisFeed {
 }
 
 impl RedisFeed {
-    /// Starts the feed task; returns its handle and the events it delivers.
-    pub fn start(redis: Arc<Redis>) -> (RedisFeed, async_channel::Receiver<FeedEvent>) {
-        let (events, feed) = async_channel::bounded(CAPACITY);
+    /// Starts the feed task, which hands what it hears to `events`.
+    pub fn start(redis: Arc<Redis>, events: Events) -> RedisFeed {
         let (commands, received) = async_channel::unbounded();
         let setup = FeedSetup {
             redis: redis.clone(),
             events,
         };
         async_std::task::spawn(run(setup, received));
-        (RedisFeed { redis, commands }, feed)
+        RedisFeed { redis, commands }
     }
 
     async fn subscribe_room(&self, room: &Room) -> Result<(), StoreError> {
@@ -120,7 +115,7 @@ impl Feed for RedisFeed {
 /// What the feed task works with.
 struct FeedSetup {
     redis: Arc<Redis>,
-    events: async_channel::Sender<FeedEvent>,
+    events: Events,
 }
 
 /// A room this instance wants, and where it stands.
@@ -222,16 +217,10 @@ async fn run(setup: FeedSetup, commands: async_channel::Receiver<Command>) {
                 feed.subscribe(room, reply).await
             }
             Wake::Command(Some(Command::Unsubscribe(room))) => feed.unsubscribe(&room).await,
-            Wake::Link(event) => {
-                if !feed.on_link(event).await {
-                    return;
-                }
-            }
+            Wake::Link(event) => feed.on_link(event).await,
             Wake::Tick => {
                 next_tick = Instant::now() + TICK;
-                if !feed.tick().await {
-                    return;
-                }
+                feed.tick().await;
             }
         }
     }
@@ -398,7 +387,7 @@ impl FeedTask {
                 self.link_tx.clone(),
             );
             async_std::task::spawn(async move {
-                let opened = bounded(redis.timeout, open(&addr, &redis)).await;
+                let opened = bounded(redis.timeout, resp::open(&addr, &redis.login)).await;
                 let _ = tx.send(LinkEvent::Opened(addr, opened)).await;
             });
         }
@@ -493,12 +482,11 @@ impl FeedTask {
         }
     }
 
-    /// Returns false when the rooms' feed has gone (shutdown).
-    async fn on_link(&mut self, event: LinkEvent) -> bool {
+    async fn on_link(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Subscribed(id, room, count) => {
                 let Some(link) = self.link_mut(id) else {
-                    return true;
+                    return;
                 };
                 if matches!(link.pending.front(), Some(Pending::Subscribe(r, _)) if *r == room) {
                     link.pending.pop_front();
@@ -507,7 +495,7 @@ impl FeedTask {
                 let fresh = count > link.count;
                 link.count = count;
                 let Some(want) = self.wanted.get_mut(&room).filter(|w| w.link == Some(id)) else {
-                    return true;
+                    return;
                 };
                 want.subscribed = true;
                 for waiter in want.waiters.drain(..) {
@@ -515,26 +503,19 @@ impl FeedTask {
                 }
                 let repair = want.ever && fresh;
                 want.ever = true;
-                if repair
-                    && self
-                        .setup
-                        .events
-                        .send(FeedEvent::Repair(room))
-                        .await
-                        .is_err()
-                {
-                    return false;
+                if repair {
+                    self.setup.events.send(FeedEvent::Repair(room));
                 }
             }
             LinkEvent::Unsubscribed(id, room, count) => {
                 let Some(link) = self.link_mut(id) else {
-                    return true;
+                    return;
                 };
                 link.count = count;
                 if matches!(link.pending.front(), Some(Pending::Unsubscribe(r)) if *r == room) {
                     link.pending.pop_front();
                     link.answered();
-                    return true;
+                    return;
                 }
                 link.answered();
                 // Not asked for: the node no longer serves the room's slot.
@@ -556,7 +537,6 @@ impl FeedTask {
             LinkEvent::Closed(id, why) => self.close(id, &why).await,
             LinkEvent::Opened(addr, opened) => self.opened(addr, opened).await,
         }
-        true
     }
 
     /// Forgets the link; its rooms are placed again by the next tick.
@@ -595,9 +575,8 @@ impl FeedTask {
     }
 
     /// Places rooms that have no subscription, and now and then reads the
-    /// topology and asserts every subscription again. Returns false at
-    /// shutdown.
-    async fn tick(&mut self) -> bool {
+    /// topology and asserts every subscription again.
+    async fn tick(&mut self) {
         let now = Instant::now();
         self.close_silent(now).await;
         let unplaced: Vec<Room> = self
@@ -608,7 +587,7 @@ impl FeedTask {
             .collect();
         let reassert = now.duration_since(self.reasserted) >= REASSERT;
         if (unplaced.is_empty() || now < self.retry_at) && !reassert {
-            return !self.setup.events.is_closed();
+            return;
         }
         if reassert {
             self.reasserted = now;
@@ -642,7 +621,6 @@ impl FeedTask {
             );
         }
         self.setup.redis.health.set_feed(settled);
-        !self.setup.events.is_closed()
     }
 
     /// Closes the links that have left a request unanswered for the time
@@ -764,34 +742,6 @@ impl FeedTask {
     }
 }
 
-/// Opens a connection to `addr` and authenticates it as the URL says.
-async fn open(addr: &str, redis: &Redis) -> Result<TcpStream, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    if let Some(password) = &redis.password {
-        let mut auth = redis::cmd("AUTH");
-        if let Some(username) = &redis.username {
-            auth.arg(username);
-        }
-        auth.arg(password);
-        stream
-            .write_all(&auth.get_packed_command())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut reader = BufReader::new(stream.clone());
-        match read_reply(&mut reader).await? {
-            Reply::Error(e) => return Err(format!("{addr} refused AUTH: {e}")),
-            _ if !reader.buffer().is_empty() => {
-                return Err(format!("{addr}: unexpected data after AUTH"))
-            }
-            _ => {}
-        }
-    }
-    Ok(stream)
-}
-
 /// Writes a request on the link, within the time limit: a node that takes
 /// no bytes (its socket buffer full on a silent path) fails the write
 /// rather than holding the feed task.
@@ -814,29 +764,32 @@ async fn read_link(
     stream: TcpStream,
     keys: Keys,
     links: async_channel::Sender<LinkEvent>,
-    events: async_channel::Sender<FeedEvent>,
+    events: Events,
 ) {
     let mut reader = BufReader::new(stream);
     let why = loop {
-        let reply = match read_reply(&mut reader).await {
-            Ok(reply) => reply,
+        let reply = match resp::read_value(&mut reader).await {
+            Ok(raw) => match redis::parse_redis_value(&raw) {
+                Ok(reply) => reply,
+                Err(e) => break format!("a reply redis could not parse: {e}"),
+            },
             Err(e) => break e,
         };
         let event = match reply {
-            Reply::Array(items) => match items.as_slice() {
-                [Reply::Text(kind), Reply::Text(channel), Reply::Text(payload)]
+            Value::Array(items) => match items.as_slice() {
+                [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(payload)]
                     if kind == b"smessage" =>
                 {
                     let channel = String::from_utf8_lossy(channel);
                     if let Some(event) = event_of(&keys, &channel, payload) {
-                        if events.send(event).await.is_err() {
-                            return;
-                        }
+                        events.send(event);
                     }
                     continue;
                 }
-                [Reply::Text(kind), Reply::Text(_)] if kind == b"pong" => LinkEvent::Pong(id),
-                [Reply::Text(kind), Reply::Text(channel), Reply::Int(count)] => {
+                [Value::BulkString(kind), Value::BulkString(_)] if kind == b"pong" => {
+                    LinkEvent::Pong(id)
+                }
+                [Value::BulkString(kind), Value::BulkString(channel), Value::Int(count)] => {
                     let Some(room) = keys.room_of_channel(&String::from_utf8_lossy(channel)) else {
                         continue;
                     };
@@ -848,10 +801,10 @@ async fn read_link(
                 }
                 _ => continue,
             },
-            Reply::Error(e) => LinkEvent::Refused(id, e),
+            Value::ServerError(e) => LinkEvent::Refused(id, e.to_string()),
             // A connection subscribed to nothing is out of subscribed mode,
             // and answers a PING the plain way.
-            Reply::Text(text) if text.eq_ignore_ascii_case(b"pong") => LinkEvent::Pong(id),
+            Value::SimpleString(text) if text.eq_ignore_ascii_case("pong") => LinkEvent::Pong(id),
             _ => continue,
         };
         if links.send(event).await.is_err() {
@@ -859,85 +812,6 @@ async fn read_link(
         }
     };
     let _ = links.send(LinkEvent::Closed(id, why)).await;
-}
-
-/// A RESP2 reply as a subscribed connection gets them: flat arrays of bulk
-/// strings and integers, or a status or error line.
-#[derive(Debug, PartialEq)]
-enum Reply {
-    Text(Vec<u8>),
-    Int(i64),
-    Error(String),
-    Nil,
-    Array(Vec<Reply>),
-}
-
-async fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Reply, String> {
-    let head = read_item(reader).await?;
-    let Reply::Array(mut items) = head else {
-        return Ok(head);
-    };
-    // The length came back in `items[0]` as an Int; see read_item.
-    let Some(Reply::Int(len)) = items.pop() else {
-        return Err("malformed array header".into());
-    };
-    let mut items = Vec::with_capacity(len.clamp(0, 8) as usize);
-    for _ in 0..len.max(0) {
-        match read_item(reader).await? {
-            Reply::Array(_) => return Err("nested arrays are not expected on the live feed".into()),
-            item => items.push(item),
-        }
-    }
-    Ok(Reply::Array(items))
-}
-
-/// Reads one item; an array header comes back as `Array([Int(len)])` for
-/// `read_reply` to fill.
-async fn read_item(reader: &mut BufReader<TcpStream>) -> Result<Reply, String> {
-    let mut line = Vec::new();
-    let n = (&mut *reader)
-        .take(MAX_REPLY as u64)
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Err("the node closed the connection".into());
-    }
-    let Some(body) = line.strip_suffix(b"\r\n") else {
-        return Err("a reply line without CRLF".into());
-    };
-    let (&kind, rest) = body.split_first().ok_or("an empty reply line")?;
-    let rest = String::from_utf8_lossy(rest);
-    let number = || {
-        rest.parse::<i64>()
-            .map_err(|_| format!("bad number {rest:?}"))
-    };
-    Ok(match kind {
-        b'+' => Reply::Text(rest.as_bytes().to_vec()),
-        b'-' => Reply::Error(rest.into_owned()),
-        b':' => Reply::Int(number()?),
-        b'*' => Reply::Array(vec![Reply::Int(number()?)]),
-        b'$' => {
-            let len = number()?;
-            if len < 0 {
-                return Ok(Reply::Nil);
-            }
-            let len = usize::try_from(len).map_err(|_| "bad length")?;
-            if len > MAX_REPLY {
-                return Err(format!(
-                    "a {len}-byte reply is larger than the feed accepts"
-                ));
-            }
-            let mut data = vec![0; len + 2];
-            reader
-                .read_exact(&mut data)
-                .await
-                .map_err(|e| e.to_string())?;
-            data.truncate(len);
-            Reply::Text(data)
-        }
-        other => return Err(format!("unexpected reply type {:?}", other as char)),
-    })
 }
 
 async fn bounded<T>(

@@ -23,25 +23,23 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, RedisResult};
+use redis::RedisResult;
 
 use crate::lock::lock;
+use crate::redis_pipe::RedisPipe;
+use crate::resp::Login;
 
 pub struct Writers {
-    /// How to reach a node: the first URL's settings (user, password,
-    /// database), with the node's address.
-    info: ConnectionInfo,
-    timeout: Duration,
+    /// The first URL's user, password and database, for every node.
+    login: Login,
     open: Mutex<HashMap<String, Writer>>,
 }
 
 /// One append connection and the group commit of its `WAIT`s.
 #[derive(Clone)]
 pub struct Writer {
-    pub conn: MultiplexedConnection,
+    pub conn: RedisPipe,
     pub commits: Arc<GroupCommit>,
 }
 
@@ -119,27 +117,20 @@ impl GroupCommit {
 }
 
 impl Writers {
-    pub fn new(first: &Client, timeout: Duration) -> Writers {
+    pub fn new(login: Login) -> Writers {
         Writers {
-            info: first.get_connection_info().clone(),
-            timeout,
+            login,
             open: Mutex::new(HashMap::new()),
         }
     }
 
     /// The connection to the master at `addr` (`host:port`), opened if
-    /// there is none.
+    /// there is none. The caller bounds the time it takes.
     pub async fn to(&self, addr: &str) -> RedisResult<Writer> {
         if let Some(writer) = lock(&self.open).get(addr) {
             return Ok(writer.clone());
         }
-        let client = Client::open(self.info.clone().set_addr(tcp(addr)))?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn = RedisPipe::open(addr, &self.login).await?;
         let writer = Writer {
             conn,
             commits: Arc::default(),
@@ -153,13 +144,6 @@ impl Writers {
     pub fn drop_connection(&self, addr: &str) {
         lock(&self.open).remove(addr);
     }
-}
-
-/// `host:port`, or `[v6]:port`, as an address to connect to.
-fn tcp(addr: &str) -> ConnectionAddr {
-    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "6379"));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ConnectionAddr::Tcp(host.to_owned(), port.parse().unwrap_or(6379))
 }
 
 #[cfg(test)]
@@ -197,17 +181,5 @@ mod tests {
         book.finish(covers, 1, 1);
         book.finish(1, 1, 0);
         assert_eq!(book.answer(newer, 1), Some(1));
-    }
-
-    #[test]
-    fn addresses_of_both_kinds_connect() {
-        let ConnectionAddr::Tcp(host, port) = tcp("10.0.0.7:7001") else {
-            panic!()
-        };
-        assert_eq!((host.as_str(), port), ("10.0.0.7", 7001));
-        let ConnectionAddr::Tcp(host, port) = tcp("[::1]:6380") else {
-            panic!()
-        };
-        assert_eq!((host.as_str(), port), ("::1", 6380));
     }
 }

@@ -334,20 +334,17 @@ impl Rooms {
         }
     }
 
-    /// Runs the feed: hands each delivery to its room's order, and repairs
-    /// rooms when deliveries may have been lost. Returns when the feed ends
-    /// (the store shut down).
-    pub async fn run_feed(self, events: async_channel::Receiver<FeedEvent>) {
-        while let Ok(event) = events.recv().await {
-            match event {
-                FeedEvent::Delivery(delivery) => self.deliver(delivery),
-                FeedEvent::Signal(signal) => self.signal(signal),
-                FeedEvent::Repair(room) => {
-                    if let Some(slot) = self.slot(&room) {
-                        let repair = lock(&slot.order).feed_lost();
-                        if let Some(read) = repair {
-                            self.spawn_repair(&slot, read);
-                        }
+    /// Takes an event of the live feed: hands a delivery to its room's
+    /// order, and repairs a room when deliveries may have been lost.
+    pub fn on_feed(&self, event: FeedEvent) {
+        match event {
+            FeedEvent::Delivery(delivery) => self.deliver(delivery),
+            FeedEvent::Signal(signal) => self.signal(signal),
+            FeedEvent::Repair(room) => {
+                if let Some(slot) = self.slot(&room) {
+                    let repair = lock(&slot.order).feed_lost();
+                    if let Some(read) = repair {
+                        self.spawn_repair(&slot, read);
                     }
                 }
             }

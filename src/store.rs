@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::feed::{Feed, FeedEvent};
+use crate::feed::{Events, Feed};
 use crate::log::Log;
 use crate::memory_feed::MemoryFeed;
 use crate::memory_log::MemoryLog;
@@ -21,39 +21,39 @@ pub struct Store {
     pub log: Arc<dyn Log>,
     pub feed: Arc<dyn Feed>,
     pub presence: Arc<dyn PresenceStore>,
+    /// Where the feed hands its events; the rooms set it.
+    pub events: Events,
 }
 
 impl Store {
-    /// The embedded store, and its live feed's events.
-    pub fn memory(
-        history: usize,
-        retention: Duration,
-        ref_memory: Duration,
-    ) -> (Store, async_channel::Receiver<FeedEvent>) {
-        let (feed, events) = MemoryFeed::new();
-        let store = Store {
+    /// The embedded store.
+    pub fn memory(history: usize, retention: Duration, ref_memory: Duration) -> Store {
+        let events = Events::default();
+        let feed = MemoryFeed::start(events.clone());
+        Store {
             log: Arc::new(MemoryLog::new(history, retention, ref_memory, feed.clone())),
             presence: Arc::new(MemoryPresence::new(feed.clone())),
             feed: Arc::new(feed),
-        };
-        (store, events)
+            events,
+        }
     }
 
-    /// The store on Redis, and its live feed's events.
+    /// The store on Redis.
     pub async fn redis(
         connect: RedisOptions<'_>,
         log: LogOptions,
         instance: &str,
         presence_ttl: Duration,
-    ) -> Result<(Store, async_channel::Receiver<FeedEvent>), String> {
+    ) -> Result<Store, String> {
         let redis = Arc::new(Redis::connect(connect).await?);
-        let (feed, events) = RedisFeed::start(redis.clone());
-        let store = Store {
+        let events = Events::default();
+        let feed = RedisFeed::start(redis.clone(), events.clone());
+        Ok(Store {
             log: RedisLog::new(redis.clone(), log),
             presence: Arc::new(RedisPresence::new(redis, instance, presence_ttl)),
             feed: Arc::new(feed),
-        };
-        Ok((store, events))
+            events,
+        })
     }
 
     /// Whether the log answers and the live feed is connected.

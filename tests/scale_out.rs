@@ -405,3 +405,48 @@ async fn redis_settings_that_cannot_work_are_one_clear_line() {
     let server = on_redis(&standalone, &["--redis-mode", "standalone"]);
     assert_eq!(get(&server.addr, "/readyz").status, 200);
 }
+
+#[async_std::test]
+async fn a_user_password_and_database_in_the_url_hold_on_every_connection() {
+    // Only alice may do more than PING; the test's own redis-cli logs in as
+    // her too.
+    let redis = Redis::start_with(&[
+        "--user", "default", "on", "nopass", "-@all", "+ping", "--user", "alice", "on", ">s3cret",
+        "~*", "&*", "+@all",
+    ]);
+    let alice = |args: &[&str]| {
+        let mut all = vec!["--user", "alice", "--pass", "s3cret", "--no-auth-warning"];
+        all.extend_from_slice(args);
+        redis.cli(&all)
+    };
+    let url = format!("redis://alice:s3cret@127.0.0.1:{}/3", redis.port);
+    let flags = ["--redis", url.as_str(), "--rate", "1000", "--burst", "1000"];
+    let (a, b) = (Server::start(&flags), Server::start(&flags));
+    let mut readers = live_members(&[&a, &b], "vault").await;
+    let (mut writer, _) = Client::welcomed(&a.ws_url("?user=w")).await;
+    writer.say("vault", "one").await;
+    // Every connection parlor made is dropped: the feed's, the appends'
+    // and the commands'. Each new one must log in and select again.
+    for kind in ["pubsub", "normal"] {
+        alice(&["CLIENT", "KILL", "TYPE", kind]);
+    }
+    // The first send after the kill may find its connection gone and be
+    // answered `unavailable`; a client repeats it with its ref.
+    let send = json!({"type":"send","room":"vault","text":"two","ref":"two"});
+    let mut answer = writer.request(send.clone()).await;
+    for _ in 0..3 {
+        if answer["type"] == "ack" {
+            break;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        async_std::task::sleep(Duration::from_millis(200)).await;
+        answer = writer.request(send.clone()).await;
+    }
+    assert_eq!(answer["type"], "ack", "{answer}");
+    for reader in &mut readers {
+        let got = messages(reader, "vault", 2).await;
+        assert_eq!(ids(&got), vec![1, 2]);
+    }
+    assert_ne!(alice(&["-n", "3", "DBSIZE"]).trim(), "0", "nothing in db 3");
+    assert_eq!(alice(&["-n", "0", "DBSIZE"]).trim(), "0", "keys in db 0");
+}
