@@ -107,7 +107,7 @@ enum State {
 }
 
 /// A repair in progress: what its read in flight may not have seen.
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 struct Repairing {
     /// The highest id announced while the read was on its way, in the
     /// cursor's epoch.

@@ -254,6 +254,16 @@ mod tests {
             let (n, got) = call.await;
             assert_eq!(got.unwrap(), format!("w{n}"));
         }
+        // A pipeline's replies come back together, in order.
+        let both: (String, String) = redis::pipe()
+            .cmd("ECHO")
+            .arg("a")
+            .cmd("ECHO")
+            .arg("b")
+            .query_async(&mut pipe.clone())
+            .await
+            .unwrap();
+        assert_eq!(both, ("a".to_owned(), "b".to_owned()));
     }
 
     #[async_std::test]
