@@ -216,6 +216,8 @@ export class Room {
     this.more = null;
     /** Users present, as last told. */
     this.present = new Set();
+    /** Member frames that came while a presence answer was on its way. */
+    this.meanwhile = null;
     /** Sends not acked yet, oldest first: {ref, text, ts, state, error}. */
     this.pending = [];
     this.joined = false;
@@ -245,14 +247,10 @@ export class Room {
         this.joined = true;
         this.emit('replayed', { count: frame.count, truncated: frame.truncated });
         if (frame.truncated) this.emit('truncated', {});
-        // Who is here now; `member` frames keep it current.
-        this.chat.request({ type: 'presence', room: this.name }).then((answer) => {
-          this.present = new Set(answer.users);
-          this.emit('presence', { users: [...this.present] });
-        }, () => {});
-        return;
+        return this.askPresence();
       case 'member':
-        if (frame.event === 'join') this.present.add(frame.user); else this.present.delete(frame.user);
+        if (this.meanwhile) this.meanwhile.push(frame);
+        this.applyMember(frame);
         return this.emit('member', { user: frame.user, event: frame.event });
       case 'typing': return this.emit('typing', { user: frame.user });
       case 'read':
@@ -261,6 +259,29 @@ export class Room {
         return this.emit('read', { user: frame.user, id: frame.id });
       case 'left': return;
     }
+  }
+
+  // Who is here now; `member` frames keep it current. The answer is read
+  // from the store and member frames come over the live feed, so a frame
+  // can arrive before an answer read earlier than the change it tells:
+  // those that arrive while the answer is on its way are applied again on
+  // top of it, and each user ends as its latest frame says.
+  askPresence() {
+    const meanwhile = [];
+    this.meanwhile = meanwhile;
+    const done = () => { if (this.meanwhile === meanwhile) this.meanwhile = null; };
+    this.chat.request({ type: 'presence', room: this.name }).then((answer) => {
+      // A later request's answer is newer than this one.
+      if (this.meanwhile !== meanwhile) return;
+      done();
+      this.present = new Set(answer.users);
+      for (const frame of meanwhile) this.applyMember(frame);
+      this.emit('presence', { users: [...this.present] });
+    }, done);
+  }
+
+  applyMember(frame) {
+    if (frame.event === 'join') this.present.add(frame.user); else this.present.delete(frame.user);
   }
 
   joinedFrame(frame) {
