@@ -32,10 +32,13 @@ fn count_of(redis: &Redis, command: &str, key: &str) -> i64 {
     redis.cli(&[command, key]).trim().parse().unwrap()
 }
 
-/// How many refs the room's hash and its order hold.
+/// How many refs the room's hash (apart from its `~` field, which says
+/// the hash was there before) and its order hold.
 fn refs_held(redis: &Redis, room: &str) -> (i64, i64) {
+    let refs = format!("parlor:{{{room}}}:refs");
+    let marker: i64 = redis.cli(&["HEXISTS", &refs, "~"]).trim().parse().unwrap();
     (
-        count_of(redis, "HLEN", &format!("parlor:{{{room}}}:refs")),
+        count_of(redis, "HLEN", &refs) - marker,
         count_of(redis, "XLEN", &format!("parlor:{{{room}}}:ref-order")),
     )
 }
@@ -112,8 +115,9 @@ async fn a_rooms_refs_expire_with_its_other_keys() {
         .map(|name| format!("parlor:{{kept}}:{name}"))
         .collect();
     for key in &keys {
+        // --retention and at most a sixteenth more.
         let ttl = count_of(&redis, "PTTL", key);
-        assert!(ttl > 0 && ttl <= 2000, "{key} expires in {ttl} ms");
+        assert!(ttl > 0 && ttl <= 2125, "{key} expires in {ttl} ms");
     }
     async_std::task::sleep(Duration::from_millis(2500)).await;
     for key in &keys {
@@ -123,4 +127,88 @@ async fn a_rooms_refs_expire_with_its_other_keys() {
             "{key} outlived the room"
         );
     }
+}
+
+/// Each of the room's six keys that exists, with the milliseconds it has
+/// left (-1: none).
+fn expiries(redis: &Redis, room: &str) -> Vec<(String, i64)> {
+    ["meta", "stream", "fold", "read", "refs", "ref-order"]
+        .iter()
+        .map(|name| format!("parlor:{{{room}}}:{name}"))
+        .map(|key| {
+            let ttl = count_of(redis, "PTTL", &key);
+            (key, ttl)
+        })
+        .filter(|(_, ttl)| *ttl != -2)
+        .collect()
+}
+
+/// A room's keys get their expiry again only once the meta has less than
+/// `--retention` left, so a key that a call creates must get its own in
+/// that call: the first join's meta, the stream of the first message, the
+/// refs of the first send with one (and after the room forgot them all), a
+/// fold (its first edit, or one after the last of its fields left), the
+/// read markers. Whatever the room goes through, no key of it
+/// is ever without an expiry.
+#[async_std::test]
+async fn no_key_of_a_room_is_left_without_an_expiry() {
+    let redis = Redis::start();
+    let server = on_redis(
+        &redis,
+        &[
+            "--retention",
+            "120s",
+            "--ref-memory",
+            "1s",
+            "--history",
+            "4",
+        ],
+    );
+    // Alice is joined; bob, who is not, writes.
+    let (mut alice, _) = Client::welcomed(&server.ws_url("?user=alice")).await;
+    let (mut bob, _) = Client::welcomed(&server.ws_url("?user=bob")).await;
+    let check = |step: &str| {
+        let expiries = expiries(&redis, "x");
+        assert!(!expiries.is_empty(), "{step}: no key");
+        for (key, ttl) in expiries {
+            assert!(
+                ttl > 0 && ttl <= 127_500,
+                "{step}: {key} expires in {ttl} ms"
+            );
+        }
+    };
+    alice.join(json!({"type":"join","room":"x"})).await;
+    check("a join of a new room");
+    let post = |text: &str| {
+        let body = json!({"user":"bob","text":text});
+        let posted = common::post_json(&server.addr, "/rooms/x/messages", &body);
+        assert_eq!(posted.status, 201, "{}", posted.body);
+        posted.json()["id"].as_u64().unwrap()
+    };
+    let ids = [post("first, no ref"), post("second")];
+    check("the first messages");
+    send_all(&mut bob, "x", "a", 2).await;
+    check("sends with refs");
+    let edit = json!({"type":"edit","room":"x","id":ids[0],"text":"fixed","ref":"e1"});
+    assert_eq!(bob.request(edit).await["type"], "ack");
+    check("an edit");
+    bob.send(json!({"type":"read","room":"x","id":ids[1]}))
+        .await;
+    alice.recv_type("read").await;
+    check("a read marker");
+    // The edited message leaves history, and its fold with it; the next
+    // reaction makes the fold again.
+    let later = send_all(&mut bob, "x", "b", 4).await;
+    let react = json!({"type":"react","room":"x","id":later[3],"emoji":"👍","ref":"r1"});
+    assert_eq!(bob.request(react).await["type"], "ack");
+    check("a fold made again");
+    // Once the refs are older than --ref-memory, the sends that hand out a
+    // sixteenth id forget them all; the next send remembers its ref anew.
+    async_std::task::sleep(Duration::from_millis(1_500)).await;
+    for n in 0..16 {
+        post(&format!("no ref {n}"));
+    }
+    assert_eq!(refs_held(&redis, "x"), (0, 0), "the old refs are forgotten");
+    send_all(&mut bob, "x", "c", 1).await;
+    check("refs remembered anew");
 }

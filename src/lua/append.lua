@@ -11,7 +11,7 @@
 -- id) then forgets, oldest first, the refs remembered longer ago (see
 -- forget_old_refs). The hash holds the refs of that window and of the
 -- room's last few calls before, not one key per ref, and goes with the
--- room's other keys after `retention`.
+-- room's other keys after `retention` (see keep).
 --
 -- KEYS: the room's six keys (see room.lua).
 -- ARGV: history, ref memory (ms), channel, fresh epoch, 'now' or 'later',
@@ -62,9 +62,17 @@ local function forget_old_refs()
   redis.call('XTRIM', room.order, 'MINID', ms .. '-' .. string.format('%d', tonumber(seq) + 1))
 end
 
--- Remembers a ref with the answer it got.
+-- Whether this call may have created a key of the room, which then has no
+-- expiry yet (see keep): the stream, the refs hash, or the fold, which goes
+-- when its last field does.
+local created = false
+
+-- Remembers a ref with the answer it got. The hash's `~` field is never
+-- forgotten: when it is new, so is the hash.
 local function remember(field, id, ts)
-  redis.call('HSET', room.refs, field, id .. ' ' .. ts)
+  if redis.call('HSET', room.refs, field, id .. ' ' .. ts, '~', '') == 2 then
+    created = true
+  end
   redis.call('XADD', room.order, '*', 'f', field)
 end
 
@@ -116,6 +124,7 @@ end
 
 -- What an event makes of the message it targets.
 local function fold(kind, user, text, target, emoji, ts)
+  created = created or kind ~= 'm'
   if kind == 'e' then
     redis.call('HSET', room.fold, 't:' .. target, text, 'e:' .. target, ts)
   elseif kind == 'd' then
@@ -166,6 +175,8 @@ end
 -- Stores one event; returns its answer.
 local function store(kind, user, text, target, emoji, ts, nonce, prefix, suffix)
   local id = redis.call('HINCRBY', room.meta, 'head', 1)
+  -- The stream begins with its epoch's first event.
+  created = created or id == 1
   trim(id)
   local fields = {'user', user, 'ts', ts, 'n', nonce}
   if kind ~= 'm' then
@@ -233,5 +244,5 @@ end
 if idless or (last and math.floor(last / FORGET_EVERY) > math.floor((first - 1) / FORGET_EVERY)) then
   forget_old_refs()
 end
-touch(retention)
+keep(retention, created)
 return results

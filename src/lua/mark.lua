@@ -14,5 +14,6 @@ if id <= tonumber(redis.call('HGET', room.read, user) or '0') then
 end
 redis.call('HSET', room.read, user, id)
 redis.call('SPUBLISH', channel, payload)
-touch(retention)
+-- The first marker creates the read hash.
+keep(retention, true)
 return 'moved'

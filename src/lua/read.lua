@@ -21,7 +21,7 @@ if not epoch then
   return {fresh, 0, 1, {}, false, 0}
 end
 if create then
-  touch(retention)
+  keep(retention, false)
 end
 local head = visible_head()
 

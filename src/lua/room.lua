@@ -108,10 +108,21 @@ local function visible_head()
   return head
 end
 
--- Keeps the room's keys `retention` ms after the last change.
-local function touch(retention)
+-- Keeps the room's keys at least `retention` ms after the last change, and
+-- at most a sixteenth of it (a minute at most) longer: each is given
+-- retention and that slack, and again only once the meta has less than
+-- retention left, so that a busy room pays for its six expiries once per
+-- slack, not on every call. A new room's meta has no expiry yet, so it
+-- gets them at once; `fresh` says this call may have created another key,
+-- and they are all given theirs now.
+local function keep(retention, fresh)
+  retention = tonumber(retention)
+  if not fresh and redis.call('PTTL', room.meta) >= retention then
+    return
+  end
+  local lasting = retention + math.min(math.floor(retention / 16), 60000)
   for _, key in ipairs({room.meta, room.stream, room.fold, room.read, room.refs, room.order}) do
-    redis.call('PEXPIRE', key, retention)
+    redis.call('PEXPIRE', key, lasting)
   end
 end
 
