@@ -29,7 +29,7 @@
 local history, ref_memory, channel, fresh, publish, retention =
   tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local count = tonumber(ARGV[7])
-local epoch = current_epoch(fresh, true, known_from(8, count))
+local epoch, safe = current_epoch(fresh, true, known_from(8, count))
 
 -- Refs forgotten in one step while younger ones remain.
 local FORGET_AT_ONCE = 1000
@@ -239,7 +239,13 @@ while at <= #ARGV do
   end
 end
 if last and publish == 'now' then
-  redis.call('HSET', room.meta, 'safe', last)
+  -- Every id up to the head is published: none is held back any more.
+  if safe then
+    redis.call('HDEL', room.meta, 'safe')
+  end
+elseif last and not safe then
+  -- Reads stop below this call's events until announce.lua publishes them.
+  redis.call('HSET', room.meta, 'safe', first - 1)
 end
 if idless or (last and math.floor(last / FORGET_EVERY) > math.floor((first - 1) / FORGET_EVERY)) then
   forget_old_refs()

@@ -6,9 +6,10 @@
 -- write, not half-way.
 --
 -- A room's keys, always KEYS[1] to KEYS[6]:
---   meta    hash: `epoch`, `head` (the last id given), `safe` (the last id
---           that may be shown: published, and on the replicas when the
---           master has any; reads stop there)
+--   meta    hash: `epoch`, `head` (the last id given), and while events
+--           stored for replicas wait to be published, `safe` (the last id
+--           that may be shown: published, and on the replicas; reads stop
+--           there); with no `safe`, every id up to the head may be shown
 --   stream  one entry per event, entry id `<id>-0`, fields `k` (kind: e
 --           edit, d delete, r reaction; none for a message), `user`,
 --           `text`, `target`, `emoji`, `on`, `ts` and the nonce `n`
@@ -66,27 +67,28 @@ local function went_back(epoch, known)
 end
 
 -- The room's epoch now, or nil for a room that has none when `create` is
--- false. A room without an epoch is new, or its history was lost: numbering
--- begins again at 1 under `fresh`, and anything left behind is meaningless.
--- A store that went back moves to `fresh` too, keeping its history: from
--- then on its ids are named by the new epoch. Read markers and refs start
--- afresh with every epoch.
+-- false; and its `safe` mark, false when it has none. A room without an
+-- epoch is new, or its history was lost: numbering begins again at 1 under
+-- `fresh`, and anything left behind is meaningless. A store that went back
+-- moves to `fresh` too, keeping its history: from then on its ids are named
+-- by the new epoch. Read markers and refs start afresh with every epoch.
 local function current_epoch(fresh, create, known)
-  local epoch = redis.call('HGET', room.meta, 'epoch')
+  local meta = redis.call('HMGET', room.meta, 'epoch', 'safe')
+  local epoch, safe = meta[1], meta[2]
   if not epoch then
     if not create then
       return nil
     end
     redis.call('DEL', room.stream, room.fold, room.read, room.refs, room.order)
-    redis.call('HSET', room.meta, 'epoch', fresh, 'head', 0, 'safe', 0)
-    return fresh
+    redis.call('HSET', room.meta, 'epoch', fresh, 'head', 0)
+    return fresh, false
   end
   if went_back(epoch, known) then
     redis.call('DEL', room.read, room.refs, room.order)
     redis.call('HSET', room.meta, 'epoch', fresh)
-    return fresh
+    return fresh, safe
   end
-  return epoch
+  return epoch, safe
 end
 
 -- `count` triples of what a reader saw, from ARGV[at] on.
@@ -98,12 +100,12 @@ local function known_from(at, count)
   return known
 end
 
--- The last id that may be shown.
+-- The last id that may be shown: the head, or the `safe` mark below it.
 local function visible_head()
-  local head = tonumber(redis.call('HGET', room.meta, 'head') or '0')
-  local safe = redis.call('HGET', room.meta, 'safe')
-  if safe then
-    head = math.min(head, tonumber(safe))
+  local meta = redis.call('HMGET', room.meta, 'head', 'safe')
+  local head = tonumber(meta[1] or '0')
+  if meta[2] then
+    head = math.min(head, tonumber(meta[2]))
   end
   return head
 end
