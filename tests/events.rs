@@ -634,3 +634,60 @@ async fn a_moderator_may_delete_what_others_wrote() {
     );
     assert!(acked(&ask(&mut moderator, "mod", "delete", id, json!({})).await).is_some());
 }
+
+/// A page of history over Redis folds in what was made of each message,
+/// however far into the page it is (read.lua reads the folds of a few
+/// hundred messages a call), and leaves the others as they were.
+#[test]
+fn a_long_page_folds_every_changed_message_and_no_other() {
+    let redis = Redis::start();
+    let server = on_redis(&redis, &FAST);
+    let post = |text: String| {
+        let posted = call(
+            &server,
+            "POST",
+            "/rooms/long/messages?user=ann",
+            Some(json!({"text":text})),
+        );
+        assert_eq!(posted.status, 201, "{}", posted.body);
+        posted.json()["id"].as_u64().unwrap()
+    };
+    let ids: Vec<u64> = (0..1100).map(|n| post(format!("m{n}"))).collect();
+    let changed = [ids[0], ids[499], ids[500], ids[777], ids[1099]];
+    for (n, id) in changed.iter().enumerate() {
+        let path = format!("/rooms/long/messages/{id}?user=ann");
+        let edited = call(
+            &server,
+            "PATCH",
+            &path,
+            Some(json!({"text":format!("edited {n}")})),
+        );
+        assert_eq!(edited.status, 200, "{}", edited.body);
+    }
+    let page = get(&server.addr, "/rooms/long/messages?since=0&limit=1000").json();
+    let messages: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["type"] == "message")
+        .collect();
+    assert_eq!(
+        messages.len(),
+        1000,
+        "{}",
+        page["messages"].as_array().unwrap().len()
+    );
+    for (n, message) in messages.iter().enumerate() {
+        let id = message["id"].as_u64().unwrap();
+        let text = match changed.iter().position(|c| *c == id) {
+            Some(k) => format!("edited {k}"),
+            None => format!("m{n}"),
+        };
+        assert_eq!(message["text"], text, "{message}");
+        assert_eq!(
+            message["edited"].is_u64(),
+            text.starts_with("edited"),
+            "{message}"
+        );
+    }
+}

@@ -11,8 +11,9 @@
 --       of what the reader saw (see went_back).
 -- Returns {epoch, head, first, entries, head nonce or false, marker};
 -- entries oldest first, each {stream id, {field, value, ...}, fold}, where
--- fold (for a message, when asked) is {latest text, edited ts, deleted,
--- {emoji, user, ...}}, '' for each one that is not so.
+-- fold (for a message that later events changed, when asked) is {latest
+-- text, edited ts, deleted, {emoji, user, ...}}, '' for each one that is not
+-- so.
 local after, before, limit, from, fresh = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local create, retention, folding, marker_of = ARGV[6] == '1', ARGV[7], ARGV[8] == '1', ARGV[9]
 
@@ -51,10 +52,13 @@ if limit > 0 and below > tonumber(after) + 1 then
   end
 end
 
--- What later events made of a message: its latest text, edit time, deleted
--- flag and reactions.
-local function fold_of(id)
-  local t, e, d, r = unpack(redis.call('HMGET', room.fold, 't:' .. id, 'e:' .. id, 'd:' .. id, 'r:' .. id))
+-- Messages whose fold one HMGET reads: four fields each, well within what
+-- Lua can unpack into one call.
+local FOLDS_AT_ONCE = 500
+
+-- What later events made of a message, from its four fold fields: its
+-- latest text, edit time, deleted flag and reactions.
+local function fold_from(t, e, d, r)
   local reacted = {}
   for emoji, user in string.gmatch(r or '', '([^\t\n]+)\t([^\n]+)') do
     reacted[#reacted + 1] = emoji
@@ -63,9 +67,39 @@ local function fold_of(id)
   return {t or '', e or '', d or '', reacted}
 end
 
-for i, entry in ipairs(entries) do
-  local fold = ''
-  if folding then
+-- The fold of each message among the entries that later events changed (by
+-- position), read a few hundred messages a call rather than one call each.
+local function folds_of(messages)
+  local folds = {}
+  for from = 1, #messages, FOLDS_AT_ONCE do
+    local fields = {}
+    local to = math.min(from + FOLDS_AT_ONCE - 1, #messages)
+    for i = from, to do
+      local id = messages[i][2]
+      fields[#fields + 1] = 't:' .. id
+      fields[#fields + 1] = 'e:' .. id
+      fields[#fields + 1] = 'd:' .. id
+      fields[#fields + 1] = 'r:' .. id
+    end
+    local values = redis.call('HMGET', room.fold, unpack(fields))
+    for i = from, to do
+      local at = 4 * (i - from)
+      local t, e, d, r = values[at + 1], values[at + 2], values[at + 3], values[at + 4]
+      -- A message nothing changed has no fold: '' says so in fewer bytes.
+      if t or e or d or r then
+        folds[messages[i][1]] = fold_from(t, e, d, r)
+      end
+    end
+  end
+  return folds
+end
+
+-- The messages among the entries (events of other kinds have no fold), as
+-- {position, id}.
+local messages = {}
+-- A room where no message was edited, deleted or reacted to has no fold.
+if folding and redis.call('EXISTS', room.fold) == 1 then
+  for i, entry in ipairs(entries) do
     local kind = 'm'
     for j = 1, #entry[2], 2 do
       if entry[2][j] == 'k' then
@@ -73,10 +107,13 @@ for i, entry in ipairs(entries) do
       end
     end
     if kind == 'm' then
-      fold = fold_of(string.match(entry[1], '^(%d+)'))
+      messages[#messages + 1] = {i, string.match(entry[1], '^(%d+)')}
     end
   end
-  entries[i] = {entry[1], entry[2], fold}
+end
+local folds = folds_of(messages)
+for i, entry in ipairs(entries) do
+  entry[3] = folds[i] or ''
 end
 
 local head_nonce = false
