@@ -19,7 +19,7 @@ use parlor::store::Store;
 use parlor::{auth, logging, server};
 
 /// mimalloc rather than glibc's malloc, which took a fifth of parlor's CPU
-/// under ingest and slows as frames of every size come and go: 4 to 8% less
+/// under ingest and slows as frames of every size come and go: 3 to 7% less
 /// CPU per delivery over Redis, for 0.25 KiB more per idle connection
 /// (ARCHITECTURE.md, "Where the time goes").
 #[global_allocator]
