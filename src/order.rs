@@ -142,9 +142,12 @@ struct Join {
     reads: usize,
     /// What the join's read in flight asked for.
     asked: Slice,
-    /// The room's repair was waited for once: the next mismatch of epochs
-    /// is the join's to resolve, by reading the room's epoch from its start.
-    waited: bool,
+    /// The epoch of the join's read when it last waited for the room's
+    /// repair: a mismatch with the room in that epoch again is the join's
+    /// to resolve, by reading the room's epoch from its start; a read in
+    /// another epoch (the store moved on since) waits for a repair again,
+    /// which brings the room's members there too.
+    waited: Option<Epoch>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -402,8 +405,9 @@ impl<S: Sink> RoomOrder<S> {
             // The join's read and the room disagree on the epoch: a repair
             // finds out which is current; if the room's still is after it,
             // the join starts again in it.
-            Some(cursor) if cursor.epoch != epoch && !join.waited => {
-                join.waited = true;
+            Some(cursor) if cursor.epoch != epoch && join.waited.as_ref() != Some(&epoch) => {
+                join.waited = Some(epoch);
+                join.reads += 1;
                 let start = self.start_repair();
                 return Some(LiveStep::Wait { start });
             }
@@ -803,7 +807,7 @@ impl Join {
             pending_epoch: None,
             stale: false,
             reads: 1,
-            waited: false,
+            waited: None,
         }
     }
 
