@@ -16,6 +16,7 @@
 //! shown to reads (the meta's `safe` mark) and acked: nothing anyone has
 //! seen can be lost by a failover.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use redis::{Script, ScriptInvocation, Value};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use crate::append_groups::{Groups, Waiting};
 use crate::error::{Error, ErrorCode};
@@ -349,17 +352,14 @@ impl RedisLog {
             String,
             u64,
             u64,
-            Vec<Value>,
+            String,
             Option<String>,
             u64,
         ) = self
             .redis
             .bounded("read", invocation.invoke_async(&mut conn))
             .await?;
-        let events = entries
-            .iter()
-            .map(|entry| event_of_entry(room, entry))
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = events_of_entries(room, &entries)?;
         Ok(Page {
             epoch: Epoch::from(epoch),
             head,
@@ -532,30 +532,25 @@ fn outcome((epoch, id, ts, _, _, refusal): Answer, append: &Append) -> Outcome {
     }
 }
 
-/// The record, ts and nonce of a stream entry's fields.
-fn decode_entry(room: &Room, id: u64, fields: &[Value]) -> Result<(Record, u64, u32), StoreError> {
+/// The record, ts and nonce of a stream entry, from its fields by name.
+fn record_of<'a>(
+    room: &Room,
+    id: u64,
+    field: impl Fn(&str) -> Option<&'a str>,
+) -> Result<(Record, u64, u32), StoreError> {
     let bad = || StoreError(format!("room {room}: unexpected stream entry {id}"));
-    let fields: Vec<String> =
-        redis::from_redis_value_ref(&Value::Array(fields.to_vec())).map_err(|_| bad())?;
-    let field = |name: &str| {
-        fields
-            .chunks(2)
-            .find(|pair| pair[0] == name)
-            .and_then(|pair| pair.get(1))
-            .cloned()
-    };
     let need = |name: &str| field(name).ok_or_else(bad);
     let number = |name: &str| need(name)?.parse::<u64>().map_err(|_| bad());
-    let user = need("user")?;
-    let record = match field("k").as_deref().unwrap_or("m") {
+    let user = need("user")?.to_owned();
+    let record = match field("k").unwrap_or("m") {
         "m" => Record::Message {
             user,
-            text: need("text")?,
+            text: need("text")?.to_owned(),
         },
         "e" => Record::Edit {
             user,
             target: number("target")?,
-            text: need("text")?,
+            text: need("text")?.to_owned(),
         },
         "d" => Record::Delete {
             user,
@@ -564,8 +559,8 @@ fn decode_entry(room: &Room, id: u64, fields: &[Value]) -> Result<(Record, u64, 
         "r" => Record::Reaction {
             user,
             target: number("target")?,
-            emoji: need("emoji")?,
-            on: field("on").as_deref() == Some("1"),
+            emoji: need("emoji")?.to_owned(),
+            on: field("on") == Some("1"),
         },
         _ => return Err(bad()),
     };
@@ -573,50 +568,106 @@ fn decode_entry(room: &Room, id: u64, fields: &[Value]) -> Result<(Record, u64, 
     Ok((record, number("ts")?, nonce))
 }
 
-/// What read.lua gives of a message's later events.
-fn decode_fold(fold: &Value) -> Fold {
-    let Ok((text, edited, deleted, reactions)) =
-        redis::from_redis_value_ref::<(String, String, String, Vec<String>)>(fold)
-    else {
-        return Fold::default();
-    };
-    let mut out = Fold {
-        edited: edited.parse().ok().map(|at| (text, at)),
-        deleted: !deleted.is_empty(),
-        ..Fold::default()
-    };
-    for pair in reactions.chunks(2) {
-        if let [emoji, user] = pair {
-            out.reactions
-                .entry(emoji.clone())
-                .or_default()
-                .insert(user.clone());
-        }
-    }
-    out
+/// The record, ts and nonce of a stream entry's fields as Redis gave them.
+fn decode_entry(room: &Room, id: u64, fields: &[Value]) -> Result<(Record, u64, u32), StoreError> {
+    record_of(room, id, |name| {
+        fields
+            .chunks(2)
+            .find(|pair| text_of(&pair[0]) == Some(name))
+            .and_then(|pair| pair.get(1))
+            .and_then(text_of)
+    })
 }
 
-/// Decodes one entry of read.lua, `[stream id, [field, value, …], fold]`,
-/// into an event, folded when a fold came with it.
-fn event_of_entry(room: &Room, entry: &Value) -> Result<Event, StoreError> {
-    let bad = || StoreError(format!("room {room}: unexpected stream entry {entry:?}"));
-    let Value::Array(parts) = entry else {
-        return Err(bad());
-    };
-    let [stream_id, Value::Array(fields), fold] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let stream_id: String = redis::from_redis_value_ref(stream_id).map_err(|_| bad())?;
-    let id: u64 = stream_id
-        .split('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(bad)?;
-    let (record, ts, nonce) = decode_entry(room, id, fields)?;
-    let fold = decode_fold(fold);
-    Ok(Event {
-        id,
-        frame: protocol::folded(room, id, &record, ts, &fold),
-        nonce,
-    })
+/// A bulk or simple string reply as text.
+fn text_of(value: &Value) -> Option<&str> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text.as_str()),
+        _ => None,
+    }
+}
+
+/// A string of read.lua's JSON, borrowed unless it had escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A stream entry as read.lua's JSON gives it: `[stream id, [field, value,
+/// …], fold]`.
+#[derive(Deserialize)]
+struct StoredEntry<'a>(
+    #[serde(borrow)] Text<'a>,
+    #[serde(borrow)] Vec<Text<'a>>,
+    StoredFold,
+);
+
+/// What read.lua gives of a message's later events: '' when nothing changed
+/// it, else `[latest text, edited ts, deleted, [emoji, user, …]]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredFold {
+    Changed(String, String, String, Pairs),
+    Unchanged(IgnoredAny),
+}
+
+/// A list of values taken two at a time; cjson writes an empty one as `{}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Pairs {
+    List(Vec<String>),
+    Empty {},
+}
+
+impl StoredFold {
+    fn fold(self) -> Fold {
+        let StoredFold::Changed(text, edited, deleted, reactions) = self else {
+            return Fold::default();
+        };
+        let mut out = Fold {
+            edited: edited.parse().ok().map(|at| (text, at)),
+            deleted: !deleted.is_empty(),
+            ..Fold::default()
+        };
+        if let Pairs::List(pairs) = reactions {
+            for pair in pairs.chunks(2) {
+                if let [emoji, user] = pair {
+                    out.reactions
+                        .entry(emoji.clone())
+                        .or_default()
+                        .insert(user.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The events of read.lua's entries, each folded when a fold came with it.
+fn events_of_entries(room: &Room, entries: &str) -> Result<Vec<Event>, StoreError> {
+    let bad = |what: String| StoreError(format!("room {room}: unexpected read entries: {what}"));
+    let entries: Vec<StoredEntry> =
+        serde_json::from_str(entries).map_err(|error| bad(error.to_string()))?;
+    entries
+        .into_iter()
+        .map(|StoredEntry(stream_id, fields, fold)| {
+            let id: u64 = stream_id
+                .0
+                .split('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| bad(format!("stream id {}", stream_id.0)))?;
+            let (record, ts, nonce) = record_of(room, id, |name| {
+                fields
+                    .chunks(2)
+                    .find(|pair| pair[0].0 == name)
+                    .and_then(|pair| pair.get(1))
+                    .map(|value| value.0.as_ref())
+            })?;
+            Ok(Event {
+                id,
+                frame: protocol::folded(room, id, &record, ts, &fold.fold()),
+                nonce,
+            })
+        })
+        .collect()
 }

@@ -691,3 +691,70 @@ fn a_long_page_folds_every_changed_message_and_no_other() {
         );
     }
 }
+
+/// What a reader is given back of every string it stored: quotes,
+/// backslashes, slashes, control characters, characters beyond the Basic
+/// Multilingual Plane, in texts, names, edits and reactions, in a join's
+/// replay and in history, folded and not.
+async fn any_text_comes_back_as_it_was_sent(server: &Server) {
+    let odd =
+        "say \"hi\" \\ / </script> \n\t\r \u{0} \u{1} \u{1f} \u{7f} é 😀 \u{2028} \u{fffd} \\u0041";
+    let name = "zoë \"🙂\" \\";
+    let (mut zoe, _) =
+        Client::welcomed(&server.ws_url("?user=zo%C3%AB%20%22%F0%9F%99%82%22%20%5C")).await;
+    let plain = zoe.say("odd", odd).await;
+    let edited = zoe.say("odd", "to be edited").await;
+    let later = format!("{odd} (edited)");
+    acked(&ask(&mut zoe, "odd", "edit", edited, json!({"text":later})).await).unwrap();
+    let emoji = "👍🏽\"\\";
+    acked(&ask(&mut zoe, "odd", "react", plain, json!({"emoji":emoji})).await).unwrap();
+    let bare = zoe.say("odd", "reacted, then not").await;
+    acked(&ask(&mut zoe, "odd", "react", bare, json!({"emoji":"❤️"})).await).unwrap();
+    acked(&ask(&mut zoe, "odd", "unreact", bare, json!({"emoji":"❤️"})).await).unwrap();
+
+    let check = |messages: &[Value], how: &str| {
+        let by_id: BTreeMap<u64, &Value> = messages
+            .iter()
+            .filter(|m| m["type"] == "message")
+            .map(|m| (m["id"].as_u64().unwrap(), m))
+            .collect();
+        assert_eq!(by_id[&plain]["text"], odd, "{how}: {}", by_id[&plain]);
+        assert_eq!(by_id[&plain]["user"], name, "{how}: {}", by_id[&plain]);
+        assert_eq!(by_id[&plain]["reactions"], json!({emoji: [name]}), "{how}");
+        assert_eq!(
+            by_id[&edited]["text"],
+            later.as_str(),
+            "{how}: {}",
+            by_id[&edited]
+        );
+        assert!(
+            by_id[&edited]["edited"].is_u64(),
+            "{how}: {}",
+            by_id[&edited]
+        );
+        assert_eq!(by_id[&bare]["text"], "reacted, then not", "{how}");
+        assert!(
+            by_id[&bare].get("reactions").is_none(),
+            "{how}: {}",
+            by_id[&bare]
+        );
+    };
+    let (mut reader, _) = Client::welcomed(&server.ws_url("?user=reader")).await;
+    let (_, replayed, _) = reader
+        .join(json!({"type":"join","room":"odd","since":0}))
+        .await;
+    check(&replayed, "replay");
+    let page = get(&server.addr, "/rooms/odd/messages?since=0").json();
+    check(page["messages"].as_array().unwrap(), "history");
+}
+
+#[async_std::test]
+async fn any_text_comes_back_as_it_was_sent_in_memory() {
+    any_text_comes_back_as_it_was_sent(&Server::start(&FAST)).await;
+}
+
+#[async_std::test]
+async fn any_text_comes_back_as_it_was_sent_on_redis() {
+    let redis = Redis::start();
+    any_text_comes_back_as_it_was_sent(&on_redis(&redis, &FAST)).await;
+}
