@@ -117,6 +117,12 @@ pub struct Flags {
     #[argh(option)]
     pub max_rooms: Option<usize>,
 
+    /// threads that run connections; where several instances share a
+    /// machine, give each its share of the cores (--threads 1 for two on two
+    /// cores) [PARLOR_THREADS, default: one per core]
+    #[argh(option)]
+    pub threads: Option<usize>,
+
     /// largest `limit` of a history read and `history` of a join
     /// [PARLOR_MAX_PAGE, default 1000]
     #[argh(option)]
@@ -248,6 +254,9 @@ pub struct Exit {
 
 /// Width of the usage line once wrapped.
 const USAGE_WIDTH: usize = 80;
+
+/// Most `--threads`: far beyond any machine's cores, short of a typo's.
+const MAX_THREADS: usize = 1024;
 
 impl Flags {
     /// Parses the arguments after the program's name. argh alone would exit
@@ -412,6 +421,7 @@ pub struct Config {
     pub max_body: usize,
     pub max_connections: usize,
     pub max_rooms: usize,
+    pub threads: usize,
     pub max_page: usize,
     pub replay_cap: usize,
     pub rate: u32,
@@ -510,6 +520,12 @@ impl Config {
                 20_000,
             )?,
             max_rooms: pick(flags.max_rooms, &env, "PARLOR_MAX_ROOMS", 100)?,
+            threads: pick(
+                flags.threads,
+                &env,
+                "PARLOR_THREADS",
+                std::thread::available_parallelism().map_or(1, usize::from),
+            )?,
             max_page: pick(flags.max_page, &env, "PARLOR_MAX_PAGE", 1000)?,
             replay_cap: pick(flags.replay_cap, &env, "PARLOR_REPLAY_CAP", 1000)?,
             rate: pick(flags.rate, &env, "PARLOR_RATE", 100)?,
@@ -671,6 +687,7 @@ impl Config {
             ("--max-body", self.max_body),
             ("--max-connections", self.max_connections),
             ("--max-rooms", self.max_rooms),
+            ("--threads", self.threads),
             ("--max-page", self.max_page),
             ("--replay-cap", self.replay_cap),
             ("--rate", self.rate as usize),
@@ -694,6 +711,9 @@ impl Config {
             || self.redis_prefix.contains(char::is_whitespace)
         {
             return Err("--redis-prefix must be non-empty, without braces or spaces".into());
+        }
+        if self.threads > MAX_THREADS {
+            return Err(format!("--threads must be 1 to {MAX_THREADS}"));
         }
         if self.outbox < 16 {
             return Err("--outbox must be at least 16 frames".into());
@@ -799,6 +819,9 @@ mod tests {
     fn flags_win_over_environment() {
         let c = config(&["--port", "8082"], &[("PORT", "9000"), ("HISTORY", "5")]).unwrap();
         assert_eq!((c.port, c.history), (8082, 5));
+        let c = config(&["--threads", "2"], &[("PARLOR_THREADS", "7")]).unwrap();
+        assert_eq!(c.threads, 2);
+        assert_eq!(config(&[], &[("PARLOR_THREADS", "7")]).unwrap().threads, 7);
     }
 
     #[test]
@@ -814,6 +837,11 @@ mod tests {
             .unwrap_err()
             .contains("--log-format"));
         assert!(config(&["--port", "70000"], &[]).is_err());
+        for threads in ["0", "1025"] {
+            assert!(config(&["--threads", threads], &[])
+                .unwrap_err()
+                .contains("--threads"));
+        }
         assert!(config(&["--max-text", "65536"], &[])
             .unwrap_err()
             .contains("--max-frame"));

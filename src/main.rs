@@ -58,6 +58,9 @@ fn main() -> ExitCode {
         }
     };
     logging::start(config.log_level, config.log_format);
+    // async-std reads its thread count once, when its runtime starts: here,
+    // before any other thread exists.
+    std::env::set_var("ASYNC_STD_THREAD_COUNT", config.threads.to_string());
     match async_std::task::block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -178,8 +181,9 @@ async fn run(mut config: Config) -> Result<(), String> {
     });
 
     log::info!(
-        "parlor instance {} listening on http://{local} (WebSocket at ws://{local}/ws)",
-        app.config.instance
+        "parlor instance {} listening on http://{local} (WebSocket at ws://{local}/ws), {} thread(s)",
+        app.config.instance,
+        app.config.threads
     );
     if let Some(admin) = &admin {
         let address = admin.local_addr().map_err(|e| e.to_string())?;

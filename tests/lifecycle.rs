@@ -2,7 +2,7 @@
 //! with 1013 and loses nothing when it rejoins; clients that read nothing
 //! (silent or still sending) are let go, sockets and all, while one that
 //! reads slowly stays; SIGTERM and SIGINT close every WebSocket with 1001 and
-//! exit 0.
+//! exit 0; an instance runs the threads `--threads` gives it.
 
 mod common;
 
@@ -522,4 +522,37 @@ async fn pings_are_answered_amid_deliveries_and_a_close_with_its_code() {
         })))
         .await;
     assert_eq!(member.closed().await, 4001);
+}
+
+/// The threads of process `pid` that run async-std's tasks.
+fn runtime_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|task| {
+            let comm = task.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm)
+                .unwrap_or_default()
+                .starts_with("async-std")
+        })
+        .count()
+}
+
+#[async_std::test]
+async fn an_instance_runs_the_threads_it_is_given() {
+    for threads in [1, 3] {
+        let given = threads.to_string();
+        let server = Server::start(&["--threads", &given]);
+        // The instance serves before it is counted.
+        let (_client, _) = Client::welcomed(&server.ws_url("?user=t")).await;
+        assert_eq!(
+            runtime_threads(server.pid()),
+            threads,
+            "--threads {threads}"
+        );
+        assert!(
+            server.log().contains(&format!("{threads} thread(s)")),
+            "{}",
+            server.log()
+        );
+    }
 }
