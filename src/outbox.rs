@@ -20,6 +20,11 @@
 //! for a lot without reading slows down only itself, fan-out keeps room to
 //! deliver, and what one connection holds is bounded in bytes.
 //!
+//! Fan-out of several events at once (the live feed read more than one off
+//! its socket) runs `corked`: the frames offered meanwhile on that thread are
+//! queued instead of written, and each connection's writer then writes them
+//! in one gathered write, not one `send` a frame.
+//!
 //! The queue is a `VecDeque` under a mutex, with the writer's waker beside
 //! it: an idle connection holds no queue space, no channel and no listener,
 //! which is most of what a connection costs when there are many of them.
@@ -30,6 +35,7 @@
 //! connection. A ping goes out ahead of the queued frames, so a client that
 //! reads slowly but reads is not taken for gone.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -46,6 +52,26 @@ use crate::lock::lock;
 use crate::protocol::Frame;
 use crate::writer::{Batch, Writer};
 use crate::ws_frame::{self, Reply};
+
+thread_local! {
+    /// Whether fan-out on this thread is `corked`.
+    static CORKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `deliver` corked: frames offered on this thread meanwhile are
+/// queued for their connections' writers, which write each connection's
+/// frames together once `deliver` is done, rather than one `send` each.
+pub fn corked<T>(deliver: impl FnOnce() -> T) -> T {
+    /// Puts the thread's cork back as it was, also if `deliver` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CORKED.with(|corked| corked.set(self.0));
+        }
+    }
+    let _restore = Restore(CORKED.with(|corked| corked.replace(true)));
+    deliver()
+}
 
 /// Most bytes of replies to the client's control frames waiting for the
 /// writer: a client's pings are limited, so only a broken peer gets near.
@@ -275,10 +301,12 @@ impl Outbox {
         state.wake_writer();
     }
 
-    /// The socket, if a frame may go to it now: nothing is queued or held
-    /// by the writer, and no ping or reply is due before it.
+    /// The socket, if a frame may go to it now: fan-out is not corked,
+    /// nothing is queued or held by the writer, and no ping or reply is due
+    /// before it.
     fn free_socket(&self, state: &State) -> Option<&TcpStream> {
-        let free = !state.busy
+        let free = !CORKED.with(Cell::get)
+            && !state.busy
             && state.items.is_empty()
             && state.control.is_empty()
             && state.urgent.is_none()
@@ -524,4 +552,49 @@ pub enum Refused {
     Closed,
     /// The connection fell too far behind and is now being closed with 1013.
     TooSlow,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_std::io::ReadExt;
+    use async_std::net::TcpListener;
+
+    #[test]
+    fn corked_frames_wait_for_the_writer_and_leave_whole_and_in_order() {
+        async_std::task::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            let patience = Duration::from_secs(5);
+            let (outbox, writer) = Outbox::on_socket(64, 1 << 20, patience, socket);
+            let frames: Vec<Frame> = (0..5).map(|n| format!("frame {n}").into()).collect();
+            let queued = || outbox.0.queued.load(Ordering::Acquire);
+            outbox.offer(frames[0].clone()).unwrap();
+            assert_eq!(queued(), 0, "not corked: written at once");
+            corked(|| {
+                for frame in &frames[1..] {
+                    outbox.offer(frame.clone()).unwrap();
+                }
+            });
+            assert_eq!(queued(), 4, "corked: left to the writer");
+            let mut first = vec![0; frames[0].wire().len()];
+            peer.read_exact(&mut first).await.unwrap();
+            assert_eq!(first, frames[0].wire());
+            // Once uncorked, a frame goes behind the ones queued.
+            outbox.offer("last".to_owned().into()).unwrap();
+            assert_eq!(queued(), 5);
+            async_std::task::spawn(writer.run());
+            let mut want: Vec<u8> = frames[1..].iter().flat_map(|f| f.wire().to_vec()).collect();
+            want.extend_from_slice(Frame::from("last".to_owned()).wire());
+            let mut rest = vec![0; want.len()];
+            async_std::future::timeout(patience, peer.read_exact(&mut rest))
+                .await
+                .expect("the writer writes what was queued")
+                .unwrap();
+            assert_eq!(rest, want);
+        });
+    }
 }

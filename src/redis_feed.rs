@@ -17,12 +17,13 @@
 //! arrays, so the little reader here is all the protocol they need.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_std::io::{BufReader, WriteExt};
 use async_std::net::TcpStream;
-use futures_lite::FutureExt;
+use futures_lite::{AsyncBufRead, FutureExt};
 use redis::Value;
 
 use futures_util::future::BoxFuture;
@@ -30,6 +31,7 @@ use futures_util::future::BoxFuture;
 use crate::feed::{Delivery, Events, Feed, FeedEvent, Signal};
 use crate::fields::Room;
 use crate::log::{Epoch, Event, StoreError};
+use crate::outbox;
 use crate::redis::Redis;
 use crate::redis_keys::Keys;
 use crate::resp;
@@ -758,7 +760,9 @@ async fn send(link: &mut Link, packed: &[u8]) -> Result<(), String> {
 }
 
 /// Reads one link until it ends: messages go straight to the rooms, in the
-/// order the node sent them; everything else to the feed task.
+/// order the node sent them; everything else to the feed task. The replies
+/// already read whole off the socket with one are taken with it, and their
+/// messages delivered `corked` (each connection's frames in one write).
 async fn read_link(
     id: u64,
     stream: TcpStream,
@@ -768,50 +772,83 @@ async fn read_link(
 ) {
     let mut reader = BufReader::new(stream);
     let why = loop {
-        let reply = match resp::read_value(&mut reader).await {
-            Ok(raw) => match redis::parse_redis_value(&raw) {
-                Ok(reply) => reply,
-                Err(e) => break format!("a reply redis could not parse: {e}"),
-            },
+        let mut replies = match resp::read_value(&mut reader).await {
+            Ok(raw) => vec![raw],
             Err(e) => break e,
         };
-        let event = match reply {
-            Value::Array(items) => match items.as_slice() {
-                [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(payload)]
-                    if kind == b"smessage" =>
-                {
-                    let channel = String::from_utf8_lossy(channel);
-                    if let Some(event) = event_of(&keys, &channel, payload) {
-                        events.send(event);
-                    }
-                    continue;
-                }
-                [Value::BulkString(kind), Value::BulkString(_)] if kind == b"pong" => {
-                    LinkEvent::Pong(id)
-                }
-                [Value::BulkString(kind), Value::BulkString(channel), Value::Int(count)] => {
-                    let Some(room) = keys.room_of_channel(&String::from_utf8_lossy(channel)) else {
-                        continue;
-                    };
-                    match kind.as_slice() {
-                        b"ssubscribe" => LinkEvent::Subscribed(id, room, *count),
-                        b"sunsubscribe" => LinkEvent::Unsubscribed(id, room, *count),
-                        _ => continue,
-                    }
-                }
-                _ => continue,
-            },
-            Value::ServerError(e) => LinkEvent::Refused(id, e.to_string()),
-            // A connection subscribed to nothing is out of subscribed mode,
-            // and answers a PING the plain way.
-            Value::SimpleString(text) if text.eq_ignore_ascii_case("pong") => LinkEvent::Pong(id),
-            _ => continue,
+        while let Some(len) = resp::whole_reply(reader.buffer()) {
+            replies.push(reader.buffer()[..len].to_vec());
+            Pin::new(&mut reader).consume(len);
+        }
+        let take = || take_replies(id, &keys, &events, &replies);
+        let (told, failed) = if replies.len() > 1 {
+            outbox::corked(take)
+        } else {
+            take()
         };
-        if links.send(event).await.is_err() {
-            return;
+        for event in told {
+            if links.send(event).await.is_err() {
+                return;
+            }
+        }
+        if let Some(why) = failed {
+            break why;
         }
     };
     let _ = links.send(LinkEvent::Closed(id, why)).await;
+}
+
+/// Replies of link `id`, in order: what the feed task must know of them,
+/// and why the link must end, if one could not be parsed.
+fn take_replies(
+    id: u64,
+    keys: &Keys,
+    events: &Events,
+    replies: &[Vec<u8>],
+) -> (Vec<LinkEvent>, Option<String>) {
+    let mut told = Vec::new();
+    for raw in replies {
+        match redis::parse_redis_value(raw) {
+            Ok(reply) => told.extend(take_reply(id, keys, events, reply)),
+            Err(e) => return (told, Some(format!("a reply redis could not parse: {e}"))),
+        }
+    }
+    (told, None)
+}
+
+/// One reply of link `id`: a message goes to the rooms; what the feed task
+/// must know of comes back.
+fn take_reply(id: u64, keys: &Keys, events: &Events, reply: Value) -> Option<LinkEvent> {
+    match reply {
+        Value::Array(items) => match items.as_slice() {
+            [Value::BulkString(kind), Value::BulkString(channel), Value::BulkString(payload)]
+                if kind == b"smessage" =>
+            {
+                let channel = String::from_utf8_lossy(channel);
+                if let Some(event) = event_of(keys, &channel, payload) {
+                    events.send(event);
+                }
+                None
+            }
+            [Value::BulkString(kind), Value::BulkString(_)] if kind == b"pong" => {
+                Some(LinkEvent::Pong(id))
+            }
+            [Value::BulkString(kind), Value::BulkString(channel), Value::Int(count)] => {
+                let room = keys.room_of_channel(&String::from_utf8_lossy(channel))?;
+                match kind.as_slice() {
+                    b"ssubscribe" => Some(LinkEvent::Subscribed(id, room, *count)),
+                    b"sunsubscribe" => Some(LinkEvent::Unsubscribed(id, room, *count)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        Value::ServerError(e) => Some(LinkEvent::Refused(id, e.to_string())),
+        // A connection subscribed to nothing is out of subscribed mode,
+        // and answers a PING the plain way.
+        Value::SimpleString(text) if text.eq_ignore_ascii_case("pong") => Some(LinkEvent::Pong(id)),
+        _ => None,
+    }
 }
 
 async fn bounded<T>(

@@ -129,6 +129,35 @@ pub async fn read_value(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, St
     Ok(raw)
 }
 
+/// The length of the whole reply at the start of `buffer`, if all of it is
+/// there: what a reader may take at once, without waiting for the socket.
+pub fn whole_reply(buffer: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    // Items still to read: an array header adds its length.
+    let mut items: u64 = 1;
+    while items > 0 {
+        items -= 1;
+        let end = at + buffer.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+        let (&kind, rest) = buffer[at..end].split_first()?;
+        let number = || std::str::from_utf8(rest).ok()?.parse::<i64>().ok();
+        at = end + 2;
+        match kind {
+            b'+' | b'-' | b':' => {}
+            b'*' => items += number()?.max(0) as u64,
+            b'$' => {
+                if let Ok(len) = usize::try_from(number()?) {
+                    at = at.checked_add(len)?.checked_add(2)?;
+                    if at > buffer.len() {
+                        return None;
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +210,29 @@ mod tests {
             got.last().unwrap().as_ref().unwrap_err(),
             "the node closed the connection"
         );
+    }
+
+    #[test]
+    fn whole_replies_are_found_in_a_buffer_and_partial_ones_are_not() {
+        let wire = b"+OK\r\n*3\r\n:1\r\n*2\r\n$3\r\na\r\n\r\n$-1\r\n*-1\r\n-MOVED 3 h:1\r\n";
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        while let Some(len) = whole_reply(&wire[at..]) {
+            lengths.push(len);
+            at += len;
+        }
+        assert_eq!(lengths, [5, 31, 14]);
+        assert_eq!(at, wire.len());
+        // A reply cut anywhere short of its end is not whole yet.
+        let mut start = 0;
+        for len in lengths {
+            for cut in start..start + len {
+                assert_eq!(whole_reply(&wire[start..cut]), None, "{start}..{cut}");
+            }
+            start += len;
+        }
+        assert_eq!(whole_reply(b"%1\r\n"), None);
+        assert_eq!(whole_reply(b"$99999999999999999999\r\n"), None);
     }
 
     #[test]
