@@ -52,6 +52,10 @@ import storm
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "bench"
 PARLOR = "./target/release/parlor"
+# Threads of each parlor instance: two instances share the two cores, as
+# Socket.IO's two single-threaded Node processes do, and README's advice
+# for several instances on one machine says (a share of the cores each).
+PARLOR_THREADS = 1
 BENCH = "./target/release/examples/bench"
 FLOOR = "./target/release/examples/floor"
 SOCKETIO = "bench/socketio"
@@ -290,7 +294,7 @@ class Run:
             name = f"{server['key']}-{label}-{port}"
             if server["target"] == "parlor":
                 process = self.start(name, [
-                    PARLOR, "--port", port, "--redis", redis_url,
+                    PARLOR, "--port", port, "--redis", redis_url, "--threads", PARLOR_THREADS,
                     "--rate", 1000000, "--burst", 1000000, "--max-connections", 30000, *flags,
                 ])
                 probe = f"http://127.0.0.1:{port}/readyz"
@@ -313,7 +317,8 @@ class Run:
             wait_until(lambda: tcp_ok(port), process, name)
         else:
             process = self.start(name, [
-                PARLOR, "--port", port, "--rate", 1000000, "--burst", 1000000, "--max-connections", 30000,
+                PARLOR, "--port", port, "--threads", PARLOR_THREADS,
+                "--rate", 1000000, "--burst", 1000000, "--max-connections", 30000,
             ])
             wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), process, name)
         self.pid_names[str(process.pid)] = server["pid_name"]
@@ -1426,7 +1431,8 @@ def document(run, results, clusters, floor, sizes, mode, about, minutes):
         Compared: parlor, and Socket.IO {about['socket.io']} with `@socket.io/redis-adapter` (Redis Pub/Sub,
         the usual setup) and with `@socket.io/redis-streams-adapter` plus connection state recovery
         (Socket.IO's closest equivalent to parlor's stored, replayable rooms). Each server runs as two
-        instances over one Redis; Socket.IO's clients use the WebSocket transport only. A section
+        instances over one Redis, each on one thread (parlor with `--threads {PARLOR_THREADS}`, Node as it
+        is); Socket.IO's clients use the WebSocket transport only. A section
         puts parlor, on its memory store, against the floor: a plain epoll server of the project's
         own that does nothing but write each delivery. A last section runs parlor on Redis
         Clusters.""")
