@@ -657,18 +657,19 @@ impl Session {
             .queue
             .finished()
             .map(|batch| store(self.app.clone(), batch));
+        // The acks of a run of stored sends go out together.
+        let mut acks = Vec::new();
         for sent in answered {
             let reference = sent.reference.as_ref();
             match sent.result {
-                Ok(stored) => {
-                    self.outbox
-                        .push(protocol::ack(reference, &sent.room, stored.id))
-                        .await?
+                Ok(stored) => acks.push(protocol::ack(reference, &sent.room, stored.id)),
+                Err(error) => {
+                    self.outbox.push_all(std::mem::take(&mut acks)).await?;
+                    self.refuse(reference, error).await?
                 }
-                Err(error) => self.refuse(reference, error).await?,
             }
         }
-        Ok(())
+        self.outbox.push_all(acks).await
     }
 
     /// Waits for the batch in flight, if any, and answers it.

@@ -23,7 +23,8 @@
 //! Fan-out of several events at once (the live feed read more than one off
 //! its socket) runs `corked`: the frames offered meanwhile on that thread are
 //! queued instead of written, and each connection's writer then writes them
-//! in one gathered write, not one `send` a frame.
+//! in one gathered write, not one `send` a frame. The acks of a batch of
+//! sends go the same way (`push_all`).
 //!
 //! The queue is a `VecDeque` under a mutex, with the writer's waker beside
 //! it: an idle connection holds no queue space, no channel and no listener,
@@ -224,6 +225,45 @@ impl Outbox {
     /// half full; a client that reads nothing for `patience` is closed with
     /// 1013.
     pub async fn push(&self, frame: Frame) -> Result<(), Closed> {
+        self.wait_for_room().await?;
+        if self.enqueue(Item::Frame(frame)) {
+            Ok(())
+        } else {
+            Err(Closed)
+        }
+    }
+
+    /// Queues several of the connection's own frames (the acks of a batch of
+    /// sends) as `push` does, waiting once: more than one go out corked,
+    /// in one gathered write. They may take the outbox past half full by
+    /// their number, which the send batch bounds.
+    pub async fn push_all(&self, frames: Vec<Frame>) -> Result<(), Closed> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.wait_for_room().await?;
+        let many = frames.len() > 1;
+        let queue = || {
+            let mut state = lock(&self.0.state);
+            if state.closed {
+                return false;
+            }
+            for frame in frames {
+                self.append(&mut state, Item::Frame(frame));
+            }
+            true
+        };
+        let queued = if many { corked(queue) } else { queue() };
+        if queued {
+            Ok(())
+        } else {
+            Err(Closed)
+        }
+    }
+
+    /// Waits while the outbox is half full; a client that reads nothing for
+    /// `patience` is closed with 1013.
+    async fn wait_for_room(&self) -> Result<(), Closed> {
         let room = async {
             self.room_for_more().await;
             true
@@ -232,22 +272,18 @@ impl Outbox {
             async_std::task::sleep(self.0.patience).await;
             false
         };
-        if !room.or(waited_out).await {
-            log::info!(
-                "a client read nothing for {:?}; closing with 1013",
-                self.0.patience
-            );
-            self.close_now(
-                TRY_AGAIN_LATER,
-                "not reading: reconnect and rejoin with since",
-            );
-            return Err(Closed);
+        if room.or(waited_out).await {
+            return Ok(());
         }
-        if self.enqueue(Item::Frame(frame)) {
-            Ok(())
-        } else {
-            Err(Closed)
-        }
+        log::info!(
+            "a client read nothing for {:?}; closing with 1013",
+            self.0.patience
+        );
+        self.close_now(
+            TRY_AGAIN_LATER,
+            "not reading: reconnect and rejoin with since",
+        );
+        Err(Closed)
     }
 
     /// Resolves once less than half of either limit is queued, or on close.
@@ -560,41 +596,68 @@ mod tests {
     use async_std::io::ReadExt;
     use async_std::net::TcpListener;
 
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// An outbox on one end of a loopback connection, its writer not yet
+    /// running, and the other end.
+    async fn pair() -> (Outbox, Writer, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let (outbox, writer) = Outbox::on_socket(64, 1 << 20, PATIENCE, socket);
+        (outbox, writer, peer)
+    }
+
+    fn queued(outbox: &Outbox) -> usize {
+        outbox.0.queued.load(Ordering::Acquire)
+    }
+
+    /// Reads exactly the wire bytes of `frames` off `peer`.
+    async fn read_frames(peer: &mut TcpStream, frames: &[Frame]) {
+        let want: Vec<u8> = frames.iter().flat_map(|f| f.wire().to_vec()).collect();
+        let mut got = vec![0; want.len()];
+        async_std::future::timeout(PATIENCE, peer.read_exact(&mut got))
+            .await
+            .expect("the frames are written")
+            .unwrap();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn corked_frames_wait_for_the_writer_and_leave_whole_and_in_order() {
         async_std::task::block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut peer = TcpStream::connect(listener.local_addr().unwrap())
-                .await
-                .unwrap();
-            let (socket, _) = listener.accept().await.unwrap();
-            let patience = Duration::from_secs(5);
-            let (outbox, writer) = Outbox::on_socket(64, 1 << 20, patience, socket);
-            let frames: Vec<Frame> = (0..5).map(|n| format!("frame {n}").into()).collect();
-            let queued = || outbox.0.queued.load(Ordering::Acquire);
+            let (outbox, writer, mut peer) = pair().await;
+            let frames: Vec<Frame> = (0..6).map(|n| format!("frame {n}").into()).collect();
             outbox.offer(frames[0].clone()).unwrap();
-            assert_eq!(queued(), 0, "not corked: written at once");
+            assert_eq!(queued(&outbox), 0, "not corked: written at once");
+            read_frames(&mut peer, &frames[..1]).await;
             corked(|| {
-                for frame in &frames[1..] {
+                for frame in &frames[1..5] {
                     outbox.offer(frame.clone()).unwrap();
                 }
             });
-            assert_eq!(queued(), 4, "corked: left to the writer");
-            let mut first = vec![0; frames[0].wire().len()];
-            peer.read_exact(&mut first).await.unwrap();
-            assert_eq!(first, frames[0].wire());
+            assert_eq!(queued(&outbox), 4, "corked: left to the writer");
             // Once uncorked, a frame goes behind the ones queued.
-            outbox.offer("last".to_owned().into()).unwrap();
-            assert_eq!(queued(), 5);
+            outbox.offer(frames[5].clone()).unwrap();
+            assert_eq!(queued(&outbox), 5);
             async_std::task::spawn(writer.run());
-            let mut want: Vec<u8> = frames[1..].iter().flat_map(|f| f.wire().to_vec()).collect();
-            want.extend_from_slice(Frame::from("last".to_owned()).wire());
-            let mut rest = vec![0; want.len()];
-            async_std::future::timeout(patience, peer.read_exact(&mut rest))
-                .await
-                .expect("the writer writes what was queued")
-                .unwrap();
-            assert_eq!(rest, want);
+            read_frames(&mut peer, &frames[1..]).await;
+        });
+    }
+
+    #[test]
+    fn a_pushed_batch_goes_to_the_writer_whole_and_in_order() {
+        async_std::task::block_on(async {
+            let (outbox, writer, mut peer) = pair().await;
+            let acks: Vec<Frame> = (0..3).map(|n| format!("ack {n}").into()).collect();
+            outbox.push_all(acks[..1].to_vec()).await.unwrap();
+            assert_eq!(queued(&outbox), 0, "one alone is written at once");
+            outbox.push_all(acks[1..].to_vec()).await.unwrap();
+            assert_eq!(queued(&outbox), 2, "several are left to the writer");
+            async_std::task::spawn(writer.run());
+            read_frames(&mut peer, &acks).await;
         });
     }
 }
