@@ -8,6 +8,7 @@ use futures_util::FutureExt;
 use crate::feed::{Events, Feed, FeedEvent, Signal};
 use crate::fields::Room;
 use crate::log::StoreError;
+use crate::outbox;
 
 /// How many feed events wait for the rooms before publishers wait.
 const CAPACITY: usize = 1024;
@@ -25,12 +26,27 @@ impl MemoryFeed {
     }
 
     /// The feed, with a task that hands its events to `events` in the
-    /// order they were sent.
+    /// order they were sent: with each one it waited for, those already
+    /// waiting too, delivered `corked` (each connection's frames in one
+    /// write) when there are several.
     pub fn start(events: Events) -> MemoryFeed {
         let (feed, receiver) = MemoryFeed::new();
         async_std::task::spawn(async move {
             while let Ok(event) = receiver.recv().await {
-                events.send(event);
+                let mut waiting = vec![event];
+                while waiting.len() < CAPACITY {
+                    match receiver.try_recv() {
+                        Ok(event) => waiting.push(event),
+                        Err(_) => break,
+                    }
+                }
+                let many = waiting.len() > 1;
+                let deliver = || waiting.into_iter().for_each(|event| events.send(event));
+                if many {
+                    outbox::corked(deliver);
+                } else {
+                    deliver();
+                }
             }
         });
         feed
