@@ -28,7 +28,7 @@ impl MemoryFeed {
     /// The feed, with a task that hands its events to `events` in the
     /// order they were sent: with each one it waited for, those already
     /// waiting too, delivered `corked` (each connection's frames in one
-    /// write) when there are several.
+    /// write).
     pub fn start(events: Events) -> MemoryFeed {
         let (feed, receiver) = MemoryFeed::new();
         async_std::task::spawn(async move {
@@ -40,13 +40,9 @@ impl MemoryFeed {
                         Err(_) => break,
                     }
                 }
-                let many = waiting.len() > 1;
-                let deliver = || waiting.into_iter().for_each(|event| events.send(event));
-                if many {
-                    outbox::corked(deliver);
-                } else {
-                    deliver();
-                }
+                outbox::corked(waiting.len(), || {
+                    waiting.into_iter().for_each(|event| events.send(event))
+                });
             }
         });
         feed

@@ -59,16 +59,21 @@ thread_local! {
     static CORKED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `deliver` corked: frames offered on this thread meanwhile are
-/// queued for their connections' writers, which write each connection's
-/// frames together once `deliver` is done, rather than one `send` each.
-pub fn corked<T>(deliver: impl FnOnce() -> T) -> T {
+/// Runs `deliver`, which hands over `count` events (or frames), corked when
+/// there are several: frames offered on this thread meanwhile are queued for
+/// their connections' writers, which write each connection's frames together
+/// once `deliver` is done, rather than one `send` each. One alone is written
+/// at once, which saves its writer a wake-up.
+pub fn corked<T>(count: usize, deliver: impl FnOnce() -> T) -> T {
     /// Puts the thread's cork back as it was, also if `deliver` panics.
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             CORKED.with(|corked| corked.set(self.0));
         }
+    }
+    if count <= 1 {
+        return deliver();
     }
     let _restore = Restore(CORKED.with(|corked| corked.replace(true)));
     deliver()
@@ -226,7 +231,7 @@ impl Outbox {
     /// 1013.
     pub async fn push(&self, frame: Frame) -> Result<(), Closed> {
         self.wait_for_room().await?;
-        if self.enqueue(Item::Frame(frame)) {
+        if self.enqueue([frame]) {
             Ok(())
         } else {
             Err(Closed)
@@ -242,19 +247,7 @@ impl Outbox {
             return Ok(());
         }
         self.wait_for_room().await?;
-        let many = frames.len() > 1;
-        let queue = || {
-            let mut state = lock(&self.0.state);
-            if state.closed {
-                return false;
-            }
-            for frame in frames {
-                self.append(&mut state, Item::Frame(frame));
-            }
-            true
-        };
-        let queued = if many { corked(queue) } else { queue() };
-        if queued {
+        if corked(frames.len(), || self.enqueue(frames)) {
             Ok(())
         } else {
             Err(Closed)
@@ -309,13 +302,15 @@ impl Outbox {
             || self.0.bytes.load(Ordering::Acquire) >= self.0.byte_limit / 2
     }
 
-    /// Appends an item unless the outbox is closed; returns whether it did.
-    fn enqueue(&self, item: Item) -> bool {
+    /// Appends frames, in order, unless the outbox is closed; returns whether it did.
+    fn enqueue(&self, frames: impl IntoIterator<Item = Frame>) -> bool {
         let mut state = lock(&self.0.state);
         if state.closed {
             return false;
         }
-        self.append(&mut state, item);
+        for frame in frames {
+            self.append(&mut state, Item::Frame(frame));
+        }
         true
     }
 
@@ -633,7 +628,7 @@ mod tests {
             outbox.offer(frames[0].clone()).unwrap();
             assert_eq!(queued(&outbox), 0, "not corked: written at once");
             read_frames(&mut peer, &frames[..1]).await;
-            corked(|| {
+            corked(4, || {
                 for frame in &frames[1..5] {
                     outbox.offer(frame.clone()).unwrap();
                 }

@@ -773,19 +773,15 @@ async fn read_link(
     let mut reader = BufReader::new(stream);
     let why = loop {
         let mut replies = match resp::read_value(&mut reader).await {
-            Ok(raw) => vec![raw],
+            Ok(raw) => vec![parsed(&raw)],
             Err(e) => break e,
         };
         while let Some(len) = resp::whole_reply(reader.buffer()) {
-            replies.push(reader.buffer()[..len].to_vec());
+            replies.push(parsed(&reader.buffer()[..len]));
             Pin::new(&mut reader).consume(len);
         }
-        let take = || take_replies(id, &keys, &events, &replies);
-        let (told, failed) = if replies.len() > 1 {
-            outbox::corked(take)
-        } else {
-            take()
-        };
+        let (told, failed) =
+            outbox::corked(replies.len(), || take_replies(id, &keys, &events, replies));
         for event in told {
             if links.send(event).await.is_err() {
                 return;
@@ -798,19 +794,24 @@ async fn read_link(
     let _ = links.send(LinkEvent::Closed(id, why)).await;
 }
 
+/// A reply as the redis crate parses it, or why the link must end.
+fn parsed(raw: &[u8]) -> Result<Value, String> {
+    redis::parse_redis_value(raw).map_err(|e| format!("a reply redis could not parse: {e}"))
+}
+
 /// Replies of link `id`, in order: what the feed task must know of them,
 /// and why the link must end, if one could not be parsed.
 fn take_replies(
     id: u64,
     keys: &Keys,
     events: &Events,
-    replies: &[Vec<u8>],
+    replies: Vec<Result<Value, String>>,
 ) -> (Vec<LinkEvent>, Option<String>) {
     let mut told = Vec::new();
-    for raw in replies {
-        match redis::parse_redis_value(raw) {
+    for reply in replies {
+        match reply {
             Ok(reply) => told.extend(take_reply(id, keys, events, reply)),
-            Err(e) => return (told, Some(format!("a reply redis could not parse: {e}"))),
+            Err(why) => return (told, Some(why)),
         }
     }
     (told, None)
