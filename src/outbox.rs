@@ -24,7 +24,7 @@
 //! its socket) runs `corked`: the frames offered meanwhile on that thread are
 //! queued instead of written, and each connection's writer then writes them
 //! in one gathered write, not one `send` a frame. The acks of a batch of
-//! sends go the same way (`push_all`).
+//! sends and a join's replay go the same way (`push_all`).
 //!
 //! The queue is a `VecDeque` under a mutex, with the writer's waker beside
 //! it: an idle connection holds no queue space, no channel and no listener,
@@ -238,20 +238,29 @@ impl Outbox {
         }
     }
 
-    /// Queues several of the connection's own frames (the acks of a batch of
-    /// sends) as `push` does, waiting once: more than one go out corked,
-    /// in one gathered write. They may take the outbox past half full by
-    /// their number, which the send batch bounds.
+    /// Queues several of the connection's own frames (the acks of a batch
+    /// of sends, a join's replay) as `push` does, in parts of at most a
+    /// quarter of either limit, waiting for room before each: the outbox
+    /// stays under three quarters full, and a part of more than one frame
+    /// goes out corked, in gathered writes, not one `send` a frame.
     pub async fn push_all(&self, frames: Vec<Frame>) -> Result<(), Closed> {
-        if frames.is_empty() {
-            return Ok(());
+        let mut frames = frames.into_iter().peekable();
+        while frames.peek().is_some() {
+            self.wait_for_room().await?;
+            let (most, most_bytes) = (self.0.limit / 4, self.0.byte_limit / 4);
+            let mut bytes = 0;
+            let mut part = Vec::new();
+            while let Some(frame) = frames.next_if(|f| {
+                part.is_empty() || (part.len() < most && bytes + f.len() <= most_bytes)
+            }) {
+                bytes += frame.len();
+                part.push(frame);
+            }
+            if !corked(part.len(), || self.enqueue(part)) {
+                return Err(Closed);
+            }
         }
-        self.wait_for_room().await?;
-        if corked(frames.len(), || self.enqueue(frames)) {
-            Ok(())
-        } else {
-            Err(Closed)
-        }
+        Ok(())
     }
 
     /// Waits while the outbox is half full; a client that reads nothing for
@@ -596,12 +605,18 @@ mod tests {
     /// An outbox on one end of a loopback connection, its writer not yet
     /// running, and the other end.
     async fn pair() -> (Outbox, Writer, TcpStream) {
+        pair_of(64).await
+    }
+
+    /// An outbox of `limit` frames on one end of a TCP connection, its
+    /// writer, and the other end.
+    async fn pair_of(limit: usize) -> (Outbox, Writer, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (socket, _) = listener.accept().await.unwrap();
-        let (outbox, writer) = Outbox::on_socket(64, 1 << 20, PATIENCE, socket);
+        let (outbox, writer) = Outbox::on_socket(limit, 1 << 20, PATIENCE, socket);
         (outbox, writer, peer)
     }
 
@@ -653,6 +668,23 @@ mod tests {
             assert_eq!(queued(&outbox), 2, "several are left to the writer");
             async_std::task::spawn(writer.run());
             read_frames(&mut peer, &acks).await;
+        });
+    }
+
+    #[test]
+    fn a_long_push_goes_in_parts_that_keep_the_outbox_under_three_quarters() {
+        async_std::task::block_on(async {
+            let (outbox, writer, mut peer) = pair_of(8).await;
+            let frames: Vec<Frame> = (0..20).map(|n| format!("replayed {n}").into()).collect();
+            let pushing = async_std::task::spawn({
+                let (outbox, frames) = (outbox.clone(), frames.clone());
+                async move { outbox.push_all(frames).await }
+            });
+            async_std::task::sleep(Duration::from_millis(100)).await;
+            assert_eq!(queued(&outbox), 4, "parts of 2 until half of 8 is queued");
+            async_std::task::spawn(writer.run());
+            read_frames(&mut peer, &frames).await;
+            pushing.await.unwrap();
         });
     }
 }

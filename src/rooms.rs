@@ -212,9 +212,7 @@ impl Rooms {
                 }
                 None => return Err(JoinError::Closed),
             };
-            for frame in frames {
-                outbox.push(frame).await?;
-            }
+            outbox.push_all(frames).await?;
             match self.go_live(slot, conn).await? {
                 Some(next) => read = next,
                 None => return Ok(()),
