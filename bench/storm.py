@@ -67,7 +67,9 @@ def storm_once(run, server, pair, sizes):
     ]
     run.note(argv)
     run.settle()
+    before = tcp_counters()
     report = run.bench_once(argv, timeout=sizes["seconds"] + 600)
+    report["kernel"] = {name: count - before[name] for name, count in tcp_counters().items()}
     report["server"] = server["key"]
     report["kept"] = True
     memory = dict(line.split(":", 1) for line in run.redis_cli("info", "memory").splitlines() if ":" in line)
@@ -82,6 +84,21 @@ def storm_once(run, server, pair, sizes):
         report["ok"] = clean(report)
     run.reports.append(report)
     return report
+
+
+# The kernel's counts of connections it could not take at once: a SYN
+# dropped for a full listen queue is sent again by the client a second later.
+KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
+
+
+def tcp_counters():
+    """KERNEL_COUNTERS as /proc/net/netstat has them now (machine-wide)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    counts = {}
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            counts = dict(zip(names.split()[1:], map(int, values.split()[1:])))
+    return {name: counts.get(name, 0) for name in KERNEL_COUNTERS}
 
 
 def exited(server, pair):
@@ -182,6 +199,29 @@ def restored_sentence(storms):
         socket.io-client waits 0.5 to 1.5 s before it reconnects (`reconnectionDelay`, 1 s by default,
         ± half), which leaves the old instance time, at the price of that wait in every resume; the
         members here reconnect at once, for both servers.""")
+
+
+def slow_sentence(storms):
+    """Where parlor's slow resumes fell, and what the kernel dropped meanwhile."""
+    report = storms["reports"].get("parlor")
+    if not report or "error" in report or not report.get("slow"):
+        return ""
+    slow, kernel = report["slow"], report.get("kernel", {})
+    counters = ", ".join(f"`{name}` {kernel.get(name, 0):,}" for name in KERNEL_COUNTERS)
+    if not slow["resumes"]:
+        where = f"None of parlor's resumes took over {slow['over_ms']} ms to catch up."
+    else:
+        most = ", ".join(f"{count:,} in second {second}" for second, count in slow["most"])
+        where = f"""
+            {slow['resumes']:,} of parlor's {report['resumes']:,} resumes took over {slow['over_ms']} ms to
+            catch up; for {slow['in_the_resume']:,} of them the resume itself (connecting and joining, up
+            to `replayed`) took that long, for the rest a live message after it did. They fell in
+            {slow['seconds_with_slow']:,} of the storm's seconds, the most {most}: bunched in a few
+            seconds, they are a stall of the machine or of an instance; spread over many, a steady cost."""
+    return paragraph(f"""
+        {where} The kernel's counts over parlor's run (machine-wide, `/proc/net/netstat`): {counters};
+        a SYN dropped for a full listen queue is sent again a second later, which a resume's
+        time then holds.""")
 
 
 def per_server(storms, field, unit=""):
@@ -300,7 +340,8 @@ def section(storms, mode):
         a second for its retry. For scale, AnyCable's published run of this shape gives replay p99 6.1 s
         for AnyCable and 4.6 s for Socket.IO with connection state recovery (their network and sizes, not
         this machine's).""")
-    parts = ["## Reconnect storm", setup, table(storms), measures, target, restored_sentence(storms), unfinished_sentence(storms), closed_sentence(storms),
+    parts = ["## Reconnect storm", setup, table(storms), measures, target, slow_sentence(storms),
+             restored_sentence(storms), unfinished_sentence(storms), closed_sentence(storms),
              exited_sentence(storms),
              publisher_sentence(storms), history]
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -85,6 +85,10 @@ struct Args {
     /// most seconds to wait for the members to catch up after the storm
     #[argh(option, default = "20")]
     drain: u64,
+    /// resumes slower than this to catch up are counted by the second of the
+    /// storm they dropped in, in the report's `slow` [default 50]
+    #[argh(option, default = "50")]
+    slow_ms: u64,
     /// members connecting at a time at the start
     #[argh(option, default = "200")]
     concurrency: usize,
@@ -118,6 +122,8 @@ struct Ctx {
     /// Distinct messages each member holds.
     held: Vec<AtomicU32>,
     drop_every_us: u64,
+    /// What `Slow` counts: catch-ups longer than this.
+    slow_us: u64,
 }
 
 impl Ctx {
@@ -238,6 +244,7 @@ fn context(args: &Args) -> Result<Ctx> {
             .map(|_| AtomicU32::new(0))
             .collect(),
         drop_every_us: (args.drop_every * 1e6) as u64,
+        slow_us: args.slow_ms * 1000,
     })
 }
 
@@ -788,12 +795,15 @@ fn analyse(ctx: &Ctx, logs: &[Log], acked: &[Acked]) -> Value {
         }
     }
     let mut totals = Totals::default();
+    let mut slow = Slow::default();
     // In microseconds; u64::MAX for a resume that never caught up.
     let mut catch_ups = Vec::new();
     for log in logs {
         let list = &by_room[log.room];
         let first = first_arrivals(log, list.len(), &place, ctx.publishers, &mut totals);
-        catch_ups.extend(catch_up_times(log, list, &first));
+        let times = catch_up_times(log, list, &first);
+        slow.count(ctx, &log.resumes, &times);
+        catch_ups.extend(times);
         totals.resumes += log.resumes.len() as u64;
         totals.recovered += log.resumes.iter().filter(|r| r.recovered).count() as u64;
         for (error, count) in &log.failed {
@@ -827,7 +837,50 @@ fn analyse(ctx: &Ctx, logs: &[Log], acked: &[Acked]) -> Value {
         "failures": totals.failed,
         "catch_up_ms": quantiles(&catch_ups),
         "resume_ms": quantiles(&resumed),
+        "slow": slow.report(ctx),
     })
+}
+
+/// The resumes slower than `--slow-ms` to catch up (that did catch up):
+/// how many, how many of them were slow to complete the resume itself
+/// rather than waiting for live messages after it, and the seconds of the
+/// storm they dropped in. Slow resumes bunched in a few seconds point at a
+/// stall (of the machine, or of an instance), spread ones at a steady cost.
+#[derive(Default)]
+struct Slow {
+    resumes: u64,
+    in_the_resume: u64,
+    by_second: HashMap<u64, u64>,
+}
+
+impl Slow {
+    fn count(&mut self, ctx: &Ctx, resumes: &[Resume], catch_ups: &[u64]) {
+        let from = ctx.storm_from.load(Ordering::Acquire);
+        for (resume, &us) in resumes.iter().zip(catch_ups) {
+            if us <= ctx.slow_us || us == u64::MAX {
+                continue;
+            }
+            self.resumes += 1;
+            self.in_the_resume += u64::from(resume.took_us() > ctx.slow_us);
+            let second = resume.dropped_us.saturating_sub(from) / 1_000_000;
+            *self.by_second.entry(second).or_default() += 1;
+        }
+    }
+
+    /// The report's `slow`, with the five seconds that had the most, most first.
+    fn report(&self, ctx: &Ctx) -> Value {
+        let mut seconds: Vec<(u64, u64)> = self.by_second.iter().map(|(&s, &n)| (s, n)).collect();
+        seconds.sort_unstable_by_key(|&(second, n)| (std::cmp::Reverse(n), second));
+        let seconds_with_slow = seconds.len();
+        seconds.truncate(5);
+        json!({
+            "over_ms": ctx.slow_us / 1000,
+            "resumes": self.resumes,
+            "in_the_resume": self.in_the_resume,
+            "seconds_with_slow": seconds_with_slow,
+            "most": seconds,
+        })
+    }
 }
 
 /// When each acked message of the member's room first reached it
