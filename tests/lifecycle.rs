@@ -537,6 +537,24 @@ fn runtime_threads(pid: u32) -> usize {
         .count()
 }
 
+/// The process's `THP_enabled` in /proc: 0 once it turned transparent huge
+/// pages off.
+fn huge_pages_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("THP_enabled:"));
+    line.expect("the kernel shows THP_enabled in /proc/PID/status")
+        .trim_start_matches("THP_enabled:")
+        .trim()
+        .to_owned()
+}
+
+#[async_std::test]
+async fn an_instance_takes_no_transparent_huge_pages() {
+    let server = Server::start(&[]);
+    let (_client, _) = Client::welcomed(&server.ws_url("?user=t")).await;
+    assert_eq!(huge_pages_enabled(server.pid()), "0");
+}
+
 #[async_std::test]
 async fn an_instance_runs_the_threads_it_is_given() {
     for threads in [1, 3] {
