@@ -212,10 +212,12 @@ def slow_sentence(storms):
         where = f"None of parlor's resumes took over {slow['over_ms']} ms to catch up."
     else:
         most = ", ".join(f"{count:,} in second {second}" for second, count in slow["most"])
+        rest = slow["resumes"] - slow["in_the_resume"]
+        after = f", for the other {rest:,} a live message after it did" if rest else ""
         where = f"""
             {slow['resumes']:,} of parlor's {report['resumes']:,} resumes took over {slow['over_ms']} ms to
             catch up; for {slow['in_the_resume']:,} of them the resume itself (connecting and joining, up
-            to `replayed`) took that long, for the rest a live message after it did. They fell in
+            to `replayed`) took that long{after}. They fell in
             {slow['seconds_with_slow']:,} of the storm's seconds, the most {most}: bunched in a few
             seconds, they are a stall of the machine or of an instance; spread over many, a steady cost."""
     return paragraph(f"""
