@@ -244,10 +244,10 @@ impl Outbox {
     /// stays under three quarters full, and a part of more than one frame
     /// goes out corked, in gathered writes, not one `send` a frame.
     pub async fn push_all(&self, frames: Vec<Frame>) -> Result<(), Closed> {
+        let (most, most_bytes) = (self.0.limit / 4, self.0.byte_limit / 4);
         let mut frames = frames.into_iter().peekable();
         while frames.peek().is_some() {
             self.wait_for_room().await?;
-            let (most, most_bytes) = (self.0.limit / 4, self.0.byte_limit / 4);
             let mut bytes = 0;
             let mut part = Vec::new();
             while let Some(frame) = frames.next_if(|f| {
@@ -680,7 +680,13 @@ mod tests {
                 let (outbox, frames) = (outbox.clone(), frames.clone());
                 async move { outbox.push_all(frames).await }
             });
-            async_std::task::sleep(Duration::from_millis(100)).await;
+            // The push stops once half is queued; wait for it to get there,
+            // then give it time to go past, which it must not.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while queued(&outbox) < 4 && std::time::Instant::now() < deadline {
+                async_std::task::sleep(Duration::from_millis(5)).await;
+            }
+            async_std::task::sleep(Duration::from_millis(50)).await;
             assert_eq!(queued(&outbox), 4, "parts of 2 until half of 8 is queued");
             async_std::task::spawn(writer.run());
             read_frames(&mut peer, &frames).await;
